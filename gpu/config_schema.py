@@ -1,0 +1,64 @@
+"""Triton's ``ModelConfig`` protobuf schema, loaded from tritonclient without importing grpc.
+
+config.pbtxt is protobuf text format, so the only faithful parser is protobuf itself run against
+Triton's own ``model_config.proto``. tritonclient ships the generated module as
+``tritonclient/grpc/model_config_pb2.py``, but importing it the normal way runs
+``tritonclient/grpc/__init__.py``, which needs the ``grpc`` package that the ``[http]`` extra does
+not install. Loading that one file by path sidesteps the package ``__init__``; the generated code
+itself depends only on protobuf.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from types import ModuleType
+
+from google.protobuf.message import Message
+
+_MODULE_NAME = "evserve_model_config_pb2"
+
+
+class SchemaUnavailable(RuntimeError):
+    """The ModelConfig schema cannot be loaded: an installation problem, never a model problem."""
+
+
+def _schema_path() -> str:
+    spec = importlib.util.find_spec("tritonclient")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = os.path.join(location, "grpc", "model_config_pb2.py")
+        if os.path.isfile(path):
+            return path
+    raise SchemaUnavailable(
+        "cannot find tritonclient/grpc/model_config_pb2.py (Triton's ModelConfig schema); "
+        "install tritonclient (pip install 'tritonclient[http]')"
+    )
+
+
+@functools.cache
+def schema() -> ModuleType:
+    """The generated ``model_config_pb2`` module, loaded once per process.
+
+    Loading it again under another name (or next to ``tritonclient.grpc``) is harmless: protobuf
+    accepts a byte-identical file descriptor that is already in its default pool.
+    """
+    path = _schema_path()
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
+    if spec is None or spec.loader is None:
+        raise SchemaUnavailable(f"cannot load Triton's ModelConfig schema from {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the generated code checks the protobuf runtime version, among others
+        raise SchemaUnavailable(
+            f"cannot load Triton's ModelConfig schema from {path}: {exc} "
+            "(the installed protobuf may be older than the one tritonclient was generated with)"
+        ) from exc
+    return module
+
+
+def new_model_config() -> Message:
+    """An empty ``inference.ModelConfig`` message."""
+    return schema().ModelConfig()
