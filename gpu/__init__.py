@@ -1,0 +1,1 @@
+"""evserve.gpu: the execution engine — model repository, python-backend compatibility, workers, device memory."""

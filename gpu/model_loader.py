@@ -1,0 +1,193 @@
+"""Turning a model directory into running versions, and retiring versions again.
+
+Separate from the manager because this is the part that runs model code (``auto_complete_config``,
+``initialize``, ``finalize``) and does disk I/O, and it has no business with model states or
+snapshots: the manager decides *when* and under which lock; this module knows *how*. Every
+failure of a load attempt, whatever raised it, comes out as one :class:`LoadFailure` whose
+reason is what the index and the ``load failed for model 'm': ...`` reply show, after the
+instances this attempt already initialised have been finalized again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from evserve.gpu import device
+from evserve.gpu.model_config import ModelConfig, ModelConfigError, complete_config, read_config
+from evserve.gpu.model_state import ModelVersion
+from evserve.gpu.pb_utils import TritonModelException
+from evserve.gpu.python_model import PythonModel, PythonModelError
+from evserve.gpu.repository import available_versions, select_versions
+from evserve.gpu.worker import InstanceWorker, ModelStats
+from evserve.protocol.errors import ProtocolError
+
+_log = logging.getLogger(__name__)
+
+PYTHON_BACKEND = "python"
+
+
+class LoadFailure(Exception):
+    """A load attempt failed; ``versions`` are the versions it had selected (empty if unknown)."""
+
+    def __init__(self, reason: str, versions: Iterable[int] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.versions = tuple(versions)
+
+
+def describe(exc: BaseException) -> str:
+    """The reason shown in the index and the load error: our own errors as is, others typed."""
+    if isinstance(exc, (ModelConfigError, ProtocolError, PythonModelError, TritonModelException)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ModelLoader:
+    """Builds the selected versions of a model directory (config → import → initialise → workers)."""
+
+    def __init__(self, *, model_config_name: str | None, disable_auto_complete: bool, queue_capacity: int) -> None:
+        self.model_config_name = model_config_name
+        self.disable_auto_complete = disable_auto_complete
+        self.queue_capacity = queue_capacity
+
+    def build(self, name: str, model_dir: str, override: dict | None,
+              on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:
+        """Read and complete the config, import and initialise every version the policy selects.
+
+        ``override`` replaces the config file (the load API's ``config``). ``on_selected`` is
+        told the selected versions before any model code runs (the manager shows them LOADING).
+        Raises :class:`LoadFailure`; nothing of the attempt is left running then.
+        """
+        source = "config" if override is not None else os.path.join(model_dir, "config.pbtxt")
+        selected: list[int] = []
+        modules: dict[int, PythonModel] = {}
+        built: dict[int, ModelVersion] = {}
+        try:
+            cfg = override if override is not None else (read_config(model_dir, self.model_config_name) or {})
+            gpus = device.gpu_count()
+            cfg = complete_config(cfg, name, source, model_dir=model_dir, gpu_count=gpus, check_io=False)
+            backend = cfg.get("backend") or cfg.get("platform", "")
+            if backend != PYTHON_BACKEND:
+                raise LoadFailure(f"unsupported backend '{backend}'")
+            selected = select_versions(cfg.get("version_policy", {}), available_versions(model_dir))
+            if not selected:
+                raise LoadFailure(f"at least one version must be available under the version policy of model '{name}'")
+            on_selected(selected)
+            # Auto-complete runs once per model, with the newest selected version's model.py.
+            modules[selected[-1]] = PythonModel.import_version(model_dir, name, selected[-1])
+            if not self.disable_auto_complete:
+                cfg = modules[selected[-1]].auto_complete(cfg)
+            config = ModelConfig(complete_config(cfg, name, source, model_dir=model_dir, gpu_count=gpus), model_dir)
+            for number in selected:
+                if number not in modules:
+                    modules[number] = PythonModel.import_version(model_dir, name, number)
+                started = time.monotonic()
+                built[number] = self._instantiate(name, number, config, modules[number], model_dir)
+                built[number].load_seconds = time.monotonic() - started
+        except BaseException as exc:
+            for version in built.values():
+                retire(name, [version], None, 0.0)
+            for number, module in modules.items():
+                if number not in built:
+                    module.release()
+            if isinstance(exc, LoadFailure):
+                raise LoadFailure(exc.reason, exc.versions or selected) from None
+            _log.info("load of model '%s' failed: %s", name, describe(exc))
+            raise LoadFailure(describe(exc), selected) from None
+        return built
+
+    def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel,
+                     model_dir: str) -> ModelVersion:
+        """Initialise every instance of one version and start its workers."""
+        stats = ModelStats()
+        batching = config.dynamic_batching
+        capacity = self.queue_capacity
+        if batching is not None and batching.max_queue_size > 0:
+            capacity = min(capacity, batching.max_queue_size)
+        workers: list[InstanceWorker] = []
+        try:
+            for kind, device_id, instance_name in placements(config):
+                instance = module.create_instance(config, number, kind, device_id, model_dir, instance_name)
+                workers.append(InstanceWorker(
+                    name, instance, capacity, batching, kind, device_id,
+                    max_batch_size=config.max_batch_size, stats=stats,
+                    thread_name=f"evserve-{instance_name}-v{number}",
+                ))
+        except BaseException:
+            for worker in workers:
+                _finalize_quietly(name, worker.instance)
+            raise
+        version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module)
+        version.start()
+        return version
+
+
+def placements(config: ModelConfig) -> list[tuple[str, int, str]]:
+    """(kind, device id, instance name) of every instance: ``count`` per listed GPU for KIND_GPU,
+    ``count`` on the CPU otherwise; names follow Triton's ``<group name>_<index>``."""
+    result = []
+    for group in config.instance_groups:
+        if group.kind == "KIND_GPU":
+            devices = [(device.KIND_GPU, gpu) for gpu in group.gpus for _ in range(group.count)]
+        else:
+            devices = [(device.KIND_CPU, 0)] * group.count
+        result += [(kind, device_id, f"{group.name}_{i}") for i, (kind, device_id) in enumerate(devices)]
+    return result
+
+
+def retire(name: str, versions: list[ModelVersion], override_dir: str | None, timeout: float) -> list[str]:
+    """Stop accepting, drain (bounded by ``timeout`` overall), finalize; remove an override dir.
+
+    Returns the finalize error texts (a ``TritonModelException`` in ``finalize`` fails an unload).
+    """
+    deadline = time.monotonic() + timeout
+    for version in versions:
+        version.close()
+    errors: list[str] = []
+    for version in versions:
+        if not version.drain(max(0.0, deadline - time.monotonic())):
+            _log.warning("model '%s' version %d: requests still running after %.1fs", name, version.version, timeout)
+        errors.extend(version.finalize())
+    if override_dir is not None:
+        shutil.rmtree(override_dir, ignore_errors=True)
+    return errors
+
+
+def load_in_parallel(work: Callable[[str], None], names: list[str], threads: int,
+                     stopping: Callable[[], bool]) -> None:
+    """Run ``work(name)`` for every name on up to ``threads`` daemon threads and wait for all.
+
+    Startup uses it so that ``--model-load-thread-count`` models initialise at once; daemon
+    threads (not a ThreadPoolExecutor) so that a model stuck in ``initialize`` cannot hold the
+    interpreter open at exit. ``work`` must not raise.
+    """
+    pending = list(reversed(names))
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                if not pending or stopping():
+                    return
+                name = pending.pop()
+            work(name)
+
+    workers = [threading.Thread(target=drain, name=f"evserve-load-{i}", daemon=True)
+               for i in range(min(threads, len(names)))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def _finalize_quietly(name: str, instance: Any) -> None:
+    try:
+        instance.finalize()
+    except BaseException as exc:  # model code
+        _log.error("model '%s': finalize after a failed load raised %s", name, describe(exc))
