@@ -1,0 +1,72 @@
+"""HTTP/1.1 response framing: status lines, response heads and chunked framing.
+
+Status lines are built once into a table (uvicorn's habit) so a reply head costs one join.
+Header values are checked for CR, LF and NUL before they reach the wire: nothing a client
+sent (a model name, say) can ever split a response header.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+STATUS_LINE: dict[int, bytes] = {}
+for _status in HTTPStatus:
+    STATUS_LINE[_status.value] = f"HTTP/1.1 {_status.value} {_status.phrase}\r\n".encode("ascii")
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+_FORBIDDEN_IN_HEADER = frozenset("\r\n\x00")
+
+
+class HeaderInjection(ValueError):
+    """A header name or value would have contained CR, LF or NUL."""
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINE.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} Unknown\r\n".encode("ascii")
+    return line
+
+
+def _checked(text: str) -> str:
+    if not _FORBIDDEN_IN_HEADER.isdisjoint(text):
+        raise HeaderInjection(repr(text))
+    return text
+
+
+def response_head(
+    status: int,
+    headers: list[tuple[str, str]],
+    *,
+    content_length: int | None,
+    keep_alive: bool,
+    server: str = "",
+) -> bytes:
+    """The status line and header block of a response.
+
+    ``content_length=None`` frames the body as chunked (for streams such as SSE). A head for a
+    response that must close the connection carries ``Connection: close``.
+    """
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts.append(f"{_checked(name)}: {_checked(value)}\r\n".encode("latin-1"))
+    if content_length is None:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    if server:
+        parts.append(f"Server: {_checked(server)}\r\n".encode("latin-1"))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """One chunk of a chunked body, as buffers for writelines (the data itself is not copied)."""
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size == 0:
+        return []
+    return [b"%x\r\n" % size, data, b"\r\n"]
