@@ -13,7 +13,7 @@ from evserve.gpu.python_model import EXAMPLE_REPOSITORY, ExecRequest, PythonMode
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 
-MODELS = {"simple", "simple_string", "simple_identity", "identity_fp32", "identity_all", "gpu_add"}
+MODELS = {"simple", "simple_string", "simple_identity", "identity_fp32", "identity_all", "gpu_add", "repeat_int32"}
 
 
 def load_example(name: str, *, gpu_count: int = 0) -> tuple[ModelConfig, PythonModelInstance]:
@@ -79,6 +79,29 @@ def test_simple() -> None:
     assert out["OUTPUT0"].datatype == "INT32" and out["OUTPUT0"].shape == (1, 16)
     assert out["OUTPUT0"].data.tolist() == (in0 + in1).tolist()
     assert out["OUTPUT1"].data.tolist() == (in0 - in1).tolist()
+
+
+def test_simple_completes_a_config_that_names_no_tensors() -> None:
+    """A load-time `config` override such as {"max_batch_size": 16} keeps the model's tensors."""
+    model_dir = os.path.join(EXAMPLE_REPOSITORY, "simple")
+    module = PythonModel.import_version(model_dir, "simple", 1)
+    partial = complete_config({"max_batch_size": 16}, "simple", "config", model_dir=model_dir, check_io=False)
+    config = ModelConfig(complete_config(module.auto_complete(partial), "simple", "config", model_dir=model_dir))
+    assert config.max_batch_size == 16
+    assert [i["name"] for i in config.raw["input"]] == ["INPUT0", "INPUT1"]
+    assert config.metadata(["1"])["outputs"][0]["shape"] == [-1, 16]
+
+
+def test_repeat_int32_streams_one_response_per_element() -> None:
+    config, instance = load_example("repeat_int32")
+    assert config.decoupled
+    streamed: list[tuple[Any, bool]] = []
+    request = InferRequest("repeat_int32", "1", inputs=[InputTensor("IN", "INT32", (3,), np.array([4, 5, 6], np.int32))])
+    instance.execute([ExecRequest(request, lambda r: None, stream=lambda r, final: streamed.append((r, final)))])
+    values = [int(r.outputs[0].data[0]) for r, final in streamed if r is not None]
+    assert values == [4, 5, 6]
+    assert streamed[-1][1] is True and sum(final for _, final in streamed) == 1
+    instance.finalize()
 
 
 def test_simple_string() -> None:
