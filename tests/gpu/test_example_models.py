@@ -96,7 +96,8 @@ def test_repeat_int32_streams_one_response_per_element() -> None:
     config, instance = load_example("repeat_int32")
     assert config.decoupled
     streamed: list[tuple[Any, bool]] = []
-    request = InferRequest("repeat_int32", "1", inputs=[InputTensor("IN", "INT32", (3,), np.array([4, 5, 6], np.int32))])
+    values_in = np.array([4, 5, 6], np.int32)
+    request = InferRequest("repeat_int32", "1", inputs=[InputTensor("IN", "INT32", (3,), values_in)])
     instance.execute([ExecRequest(request, lambda r: None, stream=lambda r, final: streamed.append((r, final)))])
     values = [int(r.outputs[0].data[0]) for r, final in streamed if r is not None]
     assert values == [4, 5, 6]
