@@ -1,0 +1,100 @@
+"""The server's configuration: one frozen object built by the CLI (or by tests and embedders).
+
+Every default says where it comes from. The HTTP limits default to ../RELIABILITY §3: Triton's
+value where Triton has one, otherwise the strictest of nginx, Envoy and Node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits and deadlines of the HTTP/1.1 layer."""
+
+    # nginx large_client_header_buffers (8 KiB) → 414.
+    max_request_line: int = 8 * 1024
+    # nginx/Node: one header field (name + value) → 431.
+    max_header_field: int = 8 * 1024
+    # Envoy's 60 KiB, rounded up → 431.
+    max_header_block: int = 64 * 1024
+    # Envoy and gunicorn → 431.
+    max_headers: int = 100
+    # Triton's --http-max-input-size → 413 (decided from Content-Length before any body is read).
+    max_input_size: int = 64 * MIB
+    # Node's cap after CVE-2024-22019 → 400.
+    max_chunk_extensions: int = 16 * 1024
+    # Triton PR #8770: more non-empty chunks than this → 400.
+    max_chunks: int = 65536
+    # Envoy's edge request_headers_timeout: total time from the first byte (or accept) to the end of the head → 408.
+    head_timeout: float = 10.0
+    # nginx client_body_timeout-style idle gap between two body reads → 408.
+    body_timeout: float = 10.0
+    # Apache MinRate-style floor on the average body rate once body_timeout has passed → 408.
+    body_min_rate: int = 64 * 1024
+    # Idle keep-alive connections are closed silently after this.
+    keepalive_timeout: float = 30.0
+    # nginx keepalive_requests-style bound on per-connection state; the last reply says Connection: close.
+    max_requests_per_connection: int = 10_000
+    # Live connections across all loop threads; capped again below RLIMIT_NOFILE at start.
+    max_connections: int = 10_000
+    # Complete requests parsed ahead and queued behind the one being answered (pipelining).
+    max_pipelined_requests: int = 32
+    # Unparsed bytes kept while a connection is paused; reading pauses above it.
+    read_high_water: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # Network.
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    # Triton's --http-thread-count default.
+    threads: int = 8
+    reuse_port: bool = False
+    allow_http: bool = True
+    allow_metrics: bool = True
+    metrics_address: str | None = None
+    metrics_port: int = 8002
+    # Triton's --exit-timeout-secs default.
+    exit_timeout: float = 30.0
+    log_verbose: int = 0
+    # Triton reports "triton" (its --id); clients that check the name need --server-name triton.
+    server_name: str = "evserve"
+    limits: Limits = field(default_factory=Limits)
+    # Models.
+    model_repositories: tuple[str, ...] = ()
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    repository_poll_secs: float = 15.0
+    model_load_thread_count: int = 4
+    strict_readiness: bool = True
+    exit_on_error: bool = True
+    model_config_name: str | None = None
+    disable_auto_complete_config: bool = False
+    # Bounded per-instance queue (Envoy-style overload: fast 503 instead of unbounded queuing).
+    max_queue_size: int = 1024
+    # Runs load/unload on the loop thread, as Triton does. Only for demonstrating the starvation
+    # bug (the test suite proves its own test catches it); never use it to serve.
+    sync_model_control: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError("--http-thread-count must be at least 1")
+        if self.limits.max_input_size <= 0:
+            raise ValueError("--http-max-input-size must be greater than 0")
+        if self.model_control_mode not in ("none", "explicit", "poll"):
+            mode = self.model_control_mode
+            raise ValueError(f"invalid --model-control-mode '{mode}': expected none, explicit or poll")
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError("--load-model requires --model-control-mode=explicit")
+        if "*" in self.load_models and len(self.load_models) > 1:
+            raise ValueError("--load-model=* must be the only --load-model")
+        if self.model_load_thread_count < 1:
+            raise ValueError("--model-load-thread-count must be at least 1")
+        for port in (self.http_port, self.metrics_port):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"invalid port {port}")

@@ -1,0 +1,719 @@
+"""One HTTP/1.1 connection on httptools: framing, limits, pipelining, pause and resume.
+
+Theory of operation
+-------------------
+1. **Ownership.** An :class:`HttpConnection` is created on the loop thread that accepted it
+   and is touched only there: its transport, its parser and its queues. Other threads reach
+   it only through :class:`Ticket`, whose methods ``defer`` onto the owning loop.
+2. **One request answered at a time.** httptools (llhttp) cannot be paused inside a buffer,
+   so complete requests that arrive pipelined are parsed ahead into ``_ready`` and answered
+   strictly in order. Parse-ahead is bounded: bytes are fed in slices, and once
+   ``max_pipelined_requests`` requests wait, further bytes stay raw in ``_stash`` and reading
+   pauses at ``read_high_water``. Memory per connection is therefore bounded whatever the
+   client sends.
+3. **Pause.** A handler that cannot answer at once calls :meth:`Request.pause`, gets a
+   :class:`Ticket` and hands it to another thread. The connection keeps reading (bounded) so
+   that a client that goes away is noticed and the ticket is marked cancelled. When the
+   reply comes back through ``defer`` it is written here, and the next request is taken up
+   on a later loop iteration (``call_soon``), as libevhtp's resume event does.
+4. **Limits are counted, not inferred.** llhttp gives strict framing and nothing else; sizes
+   are counted in the callbacks and deadlines are checked by the loop thread's tick
+   (:meth:`check_deadlines`), so a slow or hostile client is closed in bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from evserve.protocol.errors import error_body
+from evserve.protocol.http import CONTINUE_100, LAST_CHUNK, chunk, response_head
+
+if TYPE_CHECKING:
+    from evserve.server.config import Limits
+    from evserve.server.loop_thread import LoopThread
+
+log = logging.getLogger("evserve.error")
+
+# Feeding the parser in slices bounds how many pipelined requests one read can produce.
+_SLICE = 4096
+# While inside a chunked body larger slices are fine: only one request is in the slice.
+_BODY_SLICE = 64 * 1024
+# Per-chunk framing that is not an extension: up to 16 hex digits and two CRLFs.
+_CHUNK_FRAMING = 20
+# RFC 3986 authority characters (host, port, IPv6 brackets, userinfo is refused by omission of '@').
+_VALID_HOST = re.compile(r"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]+")
+
+
+class Phase(enum.Enum):
+    """Where the connection is in its request cycle; decides which deadline applies."""
+
+    HEAD = "head"  # waiting for or receiving a request head (head deadline)
+    BODY = "body"  # receiving a body (idle gap and minimum rate)
+    IDLE = "idle"  # between requests on a keep-alive connection (keep-alive timeout)
+
+
+class _HeadTooLarge(Exception):
+    """The raw bytes of a request head passed every limit before the parser finished it."""
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback: answer ``status`` with ``message`` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Response:
+    """A complete reply: status, headers and body buffers (written with one writelines)."""
+
+    __slots__ = ("status", "headers", "buffers", "close")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        buffers: list[bytes | memoryview] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else []
+        self.buffers = buffers if buffers is not None else []
+        self.close = close
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        return cls(status, [("Content-Type", "application/json"), *headers], [error_body(message)])
+
+    @property
+    def body_length(self) -> int:
+        return sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in self.buffers)
+
+
+class Request:
+    """One parsed request. Owned by its connection's loop thread until paused."""
+
+    __slots__ = ("method", "path", "query", "version", "headers", "body", "keep_alive", "_conn", "_seq")
+
+    def __init__(self, conn: HttpConnection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self.method = ""
+        self.path = ""
+        self.query = ""
+        self.version = "1.1"
+        # Lower-cased names, values as sent (latin-1), in arrival order.
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.keep_alive = True
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_count(self, name: str) -> int:
+        return sum(1 for key, _ in self.headers if key == name)
+
+    @property
+    def owner(self) -> LoopThread:
+        return self._conn.owner
+
+    def pause(self) -> Ticket:
+        """Pause this request's connection and return the ticket that will answer it.
+
+        Call on the owning loop thread, from the handler; then return None from the handler.
+        """
+        return self._conn._pause(self)
+
+
+class Ticket:
+    """The hand-off of a paused request to another thread (Triton's InferRequestClass).
+
+    Every method may be called from any thread. Each one defers onto the owning loop, so the
+    reply is written by the thread that owns the connection, in the order the calls were
+    made. A ticket whose client has gone away reports ``cancelled()``; its reply is dropped.
+    """
+
+    __slots__ = ("_conn", "_seq", "_cancelled", "_finished")
+
+    def __init__(self, conn: HttpConnection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self._cancelled = False
+        self._finished = False
+
+    @property
+    def owner(self) -> LoopThread:
+        return self._conn.owner
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def finish(self, response: Response) -> None:
+        """Send the complete reply and resume the connection."""
+        self._defer(self._conn._finish_ticket, self, response)
+
+    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Start a chunked reply (for streams such as SSE); follow with send() and end()."""
+        self._defer(self._conn._stream_start, self, status, headers)
+
+    def send(self, data: bytes) -> None:
+        self._defer(self._conn._stream_chunk, self, data)
+
+    def end(self) -> None:
+        self._defer(self._conn._stream_end, self)
+
+    def _defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        from evserve.server.defer import DeferClosed
+
+        try:
+            self._conn.owner.defer(fn, *args)
+        except DeferClosed:
+            # The loop has stopped: its connections are gone, so there is no one to answer.
+            self._cancelled = True
+
+
+Handler = Callable[[Request], "Response | None"]
+
+
+class HttpConnection(asyncio.Protocol):
+    """The httptools callback object and asyncio protocol of one socket."""
+
+    def __init__(
+        self,
+        owner: LoopThread,
+        handler: Handler,
+        limits: Limits,
+        *,
+        server_name: str = "",
+        on_close: Callable[[HttpConnection], None] | None = None,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
+        # Per-connection state
+        self.owner = owner
+        self._handler = handler
+        self._limits = limits
+        self._server_name = server_name
+        self._on_close = on_close
+        self._on_request = on_request
+        self._loop = owner.loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._ready: deque[Request] = deque()  # complete requests waiting their turn
+        self._stash = bytearray()  # raw bytes not yet fed to the parser
+        self._current: Request | None = None  # the request being answered
+        self._ticket: Ticket | None = None
+        self._streaming = False
+        self._read_paused = False
+        self._write_paused = False
+        self._closing = False
+        self._draining = False
+        self._broken = False  # the parser failed: nothing more is parsed
+        self._resume_scheduled = False
+        self._seq = 0
+        self._served = 0
+        self.phase = Phase.HEAD
+        self._phase_since = self._loop.time()
+
+        # Per-request state (the request being parsed)
+        self._req: Request | None = None
+        self._url = bytearray()
+        self._field = bytearray()
+        self._value = bytearray()
+        self._header_count = 0
+        self._head_bytes = 0
+        self._head_fed = 0
+        self._body_remaining: int | None = None
+        self._chunked = False
+        self._chunks = 0
+        self._body_fed = 0
+        self._body_got = 0
+        self._body_started = 0.0
+        self._last_body = 0.0
+        self._expect_continue = False
+
+    # ------------------------------------------------------------------ transport interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by the loop once the accepted socket is attached to this protocol."""
+        self._transport = transport  # type: ignore[assignment]
+        self._set_phase(Phase.HEAD)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called by the loop when the socket is closed, by either side."""
+        self._closing = True
+        self._transport = None
+        if self._ticket is not None:
+            # The client left while its request was with a worker: Triton issue 7077.
+            self._ticket._cancelled = True
+        self._ready.clear()
+        self._stash.clear()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed. Finish what is in flight, then close (returning False closes)."""
+        if self._current is None and not self._ready:
+            return False
+        # Keep the transport open to write the pending replies; close after the last one.
+        self._draining = True
+        return True
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: stop producing replies."""
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._schedule_resume()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._broken:
+            return
+        if self._stash or len(self._ready) >= self._limits.max_pipelined_requests:
+            self._keep(data)
+            return
+        self._feed(memoryview(data))
+        self._dispatch()
+
+    # ------------------------------------------------------------------ feeding the parser
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        self._stash += data
+        if len(self._stash) > self._limits.read_high_water:
+            self._pause_reading()
+
+    def _feed(self, data: memoryview) -> None:
+        """Feed ``data`` in slices until it is used up or enough requests wait; keep the rest."""
+        offset = 0
+        total = len(data)
+        while offset < total and not self._broken:
+            if len(self._ready) >= self._limits.max_pipelined_requests:
+                self._keep(data[offset:])
+                return
+            size = self._slice_size()
+            piece = data[offset : offset + size]
+            offset += len(piece)
+            try:
+                if self.phase is Phase.BODY:
+                    self._body_fed += len(piece)
+                else:
+                    # httptools joins a header's pieces before calling back, so the raw bytes of
+                    # the head are counted here to bound what it can accumulate.
+                    self._head_fed += len(piece)
+                    if self._head_fed > self._limits.max_request_line + self._limits.max_header_block + _SLICE:
+                        raise _HeadTooLarge
+                self._parser.feed_data(piece)
+            except _HeadTooLarge:
+                status = 414 if self._req is not None and not self._req.headers and self._url else 431
+                self._reject_after_queue(_Reject(status, "Request Header Fields Too Large" if status == 431
+                                                 else "URI Too Long"))
+                return
+            except httptools.HttpParserUpgrade:
+                # Upgrade/CONNECT: never switch protocols. The request already parsed is answered,
+                # then the connection closes because the bytes after it are not HTTP/1.1.
+                self._reject_after_queue(None)
+                return
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _Reject):
+                    self._reject_after_queue(cause)
+                else:
+                    log.error("parser callback failed", exc_info=cause or exc)
+                    self._reject_after_queue(_Reject(500, "Internal Server Error"))
+                return
+            except httptools.HttpParserError as exc:
+                self._reject_after_queue(_Reject(400, f"Bad Request: {exc}"))
+                return
+
+    def _slice_size(self) -> int:
+        if self.phase is Phase.BODY:
+            if self._body_remaining is not None:
+                return self._body_remaining + _SLICE
+            return _BODY_SLICE
+        return _SLICE
+
+    def _reject_after_queue(self, reject: _Reject | None) -> None:
+        """Stop parsing; answer the requests already queued, then the error, then close."""
+        self._broken = True
+        self._stash.clear()
+        self._pause_reading()
+        if reject is not None:
+            self._ready.append(_ErrorRequest(self, reject))
+        else:
+            self._ready.append(_CloseMarker(self, -1))
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._seq += 1
+        self._req = Request(self, self._seq)
+        self._url.clear()
+        self._field.clear()
+        self._value.clear()
+        self._header_count = 0
+        self._head_bytes = 0
+        self._body_remaining = None
+        self._chunked = False
+        self._chunks = 0
+        self._body_fed = 0
+        self._body_got = 0
+        self._expect_continue = False
+        if self.phase is Phase.IDLE:
+            self._set_phase(Phase.HEAD)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_request_line:
+            raise _Reject(414, "URI Too Long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools joins split names and values before calling this.
+        size = len(name) + len(value)
+        self._header_count += 1
+        self._head_bytes += size + 4
+        if size > self._limits.max_header_field:
+            raise _Reject(431, "Request Header Fields Too Large: a header field is too large")
+        if self._header_count > self._limits.max_headers:
+            raise _Reject(431, "Request Header Fields Too Large: too many header fields")
+        if self._head_bytes > self._limits.max_header_block:
+            raise _Reject(431, "Request Header Fields Too Large: the header block is too large")
+        assert self._req is not None
+        self._req.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        parser = self._parser
+        req.version = parser.get_http_version()
+        req.method = parser.get_method().decode("ascii", "replace")
+        req.keep_alive = parser.should_keep_alive()
+        self._split_url(req)
+        if req.version not in ("1.0", "1.1"):
+            raise _Reject(505, "HTTP Version Not Supported")
+        self._check_host(req)
+        if req.method == "CONNECT":
+            raise _Reject(405, "Method Not Allowed")
+        length = req.header("content-length")
+        te = req.header("transfer-encoding")
+        if te is not None:
+            if req.version == "1.0":
+                raise _Reject(400, "Bad Request: Transfer-Encoding is not allowed on HTTP/1.0")
+            self._chunked = True
+        elif length is not None:
+            # llhttp has already refused malformed and duplicate values.
+            declared = int(length)
+            if declared > self._limits.max_input_size:
+                raise _Reject(413, self._too_large_message(declared))
+            self._body_remaining = declared
+        expect = req.header("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise _Reject(417, "Expectation Failed")
+            if req.version == "1.1" and (self._chunked or (self._body_remaining or 0) > 0):
+                self._expect_continue = True
+                self._send_continue_if_turn()
+        self._head_fed = 0
+        if self._chunked or self._body_remaining:
+            now = self._loop.time()
+            self._body_started = now
+            self._last_body = now
+            self._set_phase(Phase.BODY)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_got += len(body)
+        self._last_body = self._loop.time()
+        if self._body_remaining is not None:
+            self._body_remaining -= len(body)
+        if self._body_got > self._limits.max_input_size:
+            raise _Reject(413, self._too_large_message(self._body_got))
+        assert self._req is not None
+        self._req.body += body
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > self._limits.max_chunks:
+            raise _Reject(
+                400,
+                f"Chunked request body exceeds maximum of {self._limits.max_chunks} non-empty chunks. "
+                "Send fewer or larger HTTP chunks.",
+            )
+        framing = self._body_fed - self._body_got
+        # Tolerance of one slice: the slice being fed may hold bytes of the next request.
+        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * self._chunks + _BODY_SLICE:
+            raise _Reject(400, "Bad Request: chunk extensions are too large")
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        self._req = None
+        if self._served + len(self._ready) + 1 >= self._limits.max_requests_per_connection:
+            req.keep_alive = False
+        self._ready.append(req)
+        self._head_fed = 0
+        self._set_phase(Phase.IDLE)
+
+    # ------------------------------------------------------------------ request checks
+
+    def _split_url(self, req: Request) -> None:
+        raw = bytes(self._url)
+        path, _, query = raw.partition(b"?")
+        path, _, _ = path.partition(b"#")
+        # llhttp has refused raw non-ASCII and control bytes in the target already.
+        req.path = path.decode("ascii", "replace")
+        req.query = query.decode("ascii", "replace")
+
+    @staticmethod
+    def _check_host(req: Request) -> None:
+        hosts = [v for k, v in req.headers if k == "host"]
+        if len(hosts) > 1:
+            raise _Reject(400, "Bad Request: more than one Host header")
+        if req.version == "1.1" and not hosts:
+            raise _Reject(400, "Bad Request: missing Host header")
+        if hosts and not _VALID_HOST.fullmatch(hosts[0]):
+            raise _Reject(400, "Bad Request: invalid Host header")
+
+    def _too_large_message(self, size: int) -> str:
+        return (
+            f"request body of {size} bytes exceeds the maximum allowed value of "
+            f"{self._limits.max_input_size} bytes. Use --http-max-input-size to increase the limit."
+        )
+
+    def _send_continue_if_turn(self) -> None:
+        """100 Continue goes out only when this request is next to be answered (order on the wire)."""
+        if self._expect_continue and self._current is None and not self._ready and self._transport:
+            self._expect_continue = False
+            self._transport.write(CONTINUE_100)
+
+    # ------------------------------------------------------------------ answering requests
+
+    def _dispatch(self) -> None:
+        """Answer queued requests in order until one is paused or the queue is empty."""
+        while self._current is None and self._ready and not self._closing and not self._write_paused:
+            req = self._ready.popleft()
+            self._current = req
+            if isinstance(req, _ErrorRequest):
+                self._write(Response.error(req.reject.status, req.reject.message, ()), close=True)
+                return
+            if isinstance(req, _CloseMarker):
+                self._close()
+                return
+            if self._on_request is not None:
+                self._on_request()
+            try:
+                response = self._handler(req)
+            except Exception:
+                log.exception("handler failed for %s %s", req.method, req.path)
+                response = Response.error(500, "Internal Server Error")
+            if response is None:
+                if self._ticket is None:
+                    log.error("handler for %s returned no response and did not pause", req.path)
+                    self._write(Response.error(500, "Internal Server Error"), close=False)
+                return
+            self._write(response, close=False)
+        self._after_dispatch()
+
+    def _after_dispatch(self) -> None:
+        if self._closing:
+            return
+        if self._current is None and not self._ready:
+            if self._draining:
+                self._close()
+                return
+            # The read deadlines were suspended while busy; restart the clock of the current phase.
+            self._phase_since = self._loop.time()
+            self._send_continue_if_turn()
+        self._resume_reading_if_possible()
+
+    def _write(self, response: Response, *, close: bool) -> None:
+        """Write a complete reply for ``_current`` (on the owning thread only)."""
+        self.owner.assert_owner()
+        req = self._current
+        transport = self._transport
+        self._current = None
+        self._ticket = None
+        if transport is None or transport.is_closing():
+            return
+        keep_alive = not (close or response.close or self._broken or self._draining or self._closing)
+        if req is not None and not req.keep_alive:
+            keep_alive = False
+        head = response_head(
+            response.status,
+            response.headers,
+            content_length=response.body_length,
+            keep_alive=keep_alive,
+            server=self._server_name,
+        )
+        if req is not None and req.method == "HEAD":
+            transport.write(head)
+        else:
+            transport.writelines([head, *response.buffers])
+        self._served += 1
+        if not keep_alive:
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # ------------------------------------------------------------------ pause / resume
+
+    def _pause(self, req: Request) -> Ticket:
+        self.owner.assert_owner()
+        if req is not self._current or self._ticket is not None:
+            raise RuntimeError("only the request being answered can be paused, once")
+        self._ticket = Ticket(self, req._seq)
+        return self._ticket
+
+    def _live_ticket(self, ticket: Ticket) -> bool:
+        """True if ``ticket`` still belongs to the request this connection is answering."""
+        if ticket._finished or ticket is not self._ticket or self._transport is None:
+            return False
+        return True
+
+    def _finish_ticket(self, ticket: Ticket, response: Response) -> None:
+        if not self._live_ticket(ticket):
+            ticket._finished = True
+            return
+        ticket._finished = True
+        self._write(response, close=False)
+        self._schedule_resume()
+
+    def _stream_start(self, ticket: Ticket, status: int, headers: list[tuple[str, str]]) -> None:
+        if not self._live_ticket(ticket) or self._streaming:
+            return
+        self.owner.assert_owner()
+        self._streaming = True
+        req = self._current
+        keep_alive = bool(req and req.keep_alive) and not self._draining
+        head = response_head(status, headers, content_length=None, keep_alive=keep_alive, server=self._server_name)
+        assert self._transport is not None
+        self._transport.write(head)
+
+    def _stream_chunk(self, ticket: Ticket, data: bytes) -> None:
+        if self._live_ticket(ticket) and self._streaming and self._transport is not None:
+            self.owner.assert_owner()
+            self._transport.writelines(chunk(data))
+
+    def _stream_end(self, ticket: Ticket) -> None:
+        if not self._live_ticket(ticket) or not self._streaming or self._transport is None:
+            ticket._finished = True
+            return
+        self.owner.assert_owner()
+        ticket._finished = True
+        self._streaming = False
+        req = self._current
+        self._current = None
+        self._ticket = None
+        self._transport.write(LAST_CHUNK)
+        self._served += 1
+        if req is None or not req.keep_alive or self._draining or self._broken:
+            self._close()
+            return
+        self._schedule_resume()
+
+    def _schedule_resume(self) -> None:
+        if not self._resume_scheduled and not self._closing:
+            self._resume_scheduled = True
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """Take up the next request: feed kept bytes, answer what is queued (libevhtp's resumecb)."""
+        self._resume_scheduled = False
+        if self._closing or self._write_paused:
+            return
+        if self._stash and len(self._ready) < self._limits.max_pipelined_requests and not self._broken:
+            kept = bytes(self._stash)
+            self._stash.clear()
+            self._feed(memoryview(kept))
+        self._dispatch()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None and not self._transport.is_closing():
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading_if_possible(self) -> None:
+        if (
+            self._read_paused
+            and not self._broken
+            and not self._write_paused
+            and len(self._stash) <= self._limits.read_high_water
+            and len(self._ready) < self._limits.max_pipelined_requests
+            and self._transport is not None
+            and not self._transport.is_closing()
+        ):
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    # ------------------------------------------------------------------ deadlines and shutdown
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self._phase_since = self._loop.time()
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self._ready) or self._req is not None
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the loop thread's tick: enforce the head, body and keep-alive deadlines."""
+        if self._closing or self._current is not None or self._ready:
+            return
+        limits = self._limits
+        if self.phase is Phase.HEAD and now - self._phase_since > limits.head_timeout:
+            self._timeout()
+        elif self.phase is Phase.BODY:
+            stalled = now - self._last_body > limits.body_timeout
+            elapsed = now - self._body_started
+            too_slow = elapsed > limits.body_timeout and self._body_got / elapsed < limits.body_min_rate
+            if stalled or too_slow:
+                self._timeout()
+        elif self.phase is Phase.IDLE and now - self._phase_since > limits.keepalive_timeout:
+            self._close()
+
+    def _timeout(self) -> None:
+        self._broken = True
+        self._current = _ErrorRequest(self, _Reject(408, "Request Timeout"))
+        self._write(Response.error(408, "Request Timeout"), close=True)
+
+    def begin_drain(self) -> None:
+        """Server stop: close at once if idle, else after the replies already owed."""
+        self._draining = True
+        if not self.busy:
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _ErrorRequest(Request):
+    """A queue entry that stands for a framing or limit error to answer in turn."""
+
+    __slots__ = ("reject",)
+
+    def __init__(self, conn: HttpConnection, reject: _Reject) -> None:
+        super().__init__(conn, -1)
+        self.reject = reject
+
+
+class _CloseMarker(Request):
+    """A queue entry that closes the connection once the replies before it are written."""
+
+    __slots__ = ()
