@@ -1,0 +1,116 @@
+"""HTTPAPIServer: the KServe v2 / Triton HTTP API on top of the HTTPServer base.
+
+``handle`` is the router. It runs on the loop thread that owns the connection and only does
+cheap work there: health, metadata and config are answered inline; inference and model
+control pause the connection and hand a ticket to the worker pool or the model-control
+executor, whose reply comes back through ``defer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import metadata as importlib_metadata
+from typing import TYPE_CHECKING
+
+from evserve.protocol.errors import ProtocolError
+from evserve.protocol.paths import METHODS, Endpoint, Route, match
+from evserve.server.config import Config
+from evserve.server.connection import Request, Response
+from evserve.server.http_server import HTTPServer
+from evserve.server.model_handlers import ModelHandlers
+from evserve.server.repository_handlers import RepositoryHandlers
+from evserve.server.responses import empty_reply, error_reply, json_reply
+
+if TYPE_CHECKING:
+    from evserve.gpu.model_manager import ModelManager
+
+log = logging.getLogger("evserve.error")
+
+# Extensions evserve implements, in Triton's order (metadata `extensions`).
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "msgpack_tensor_data",
+)
+
+
+def server_version() -> str:
+    try:
+        return importlib_metadata.version("evserve")
+    except importlib_metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class HTTPAPIServer(HTTPServer):
+    """The v2 API (Triton's HTTPAPIServer)."""
+
+    thread_prefix = "evserve-http"
+
+    def __init__(self, config: Config, manager: ModelManager) -> None:
+        super().__init__(
+            config.http_address,
+            config.http_port,
+            threads=config.threads,
+            limits=config.limits,
+            reuse_port=config.reuse_port,
+        )
+        self.config = config
+        self.manager = manager
+        self.exiting = False
+        self._metadata = json_reply(
+            {"name": config.server_name, "version": server_version(), "extensions": list(EXTENSIONS)}
+        )
+        models = ModelHandlers(manager, config)
+        repository = RepositoryHandlers(manager, sync_control=config.sync_model_control)
+        self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
+            Endpoint.HEALTH_LIVE: self._health_live,
+            Endpoint.HEALTH_READY: self._health_ready,
+            Endpoint.SERVER_METADATA: self._server_metadata,
+            Endpoint.MODEL_METADATA: models.metadata,
+            Endpoint.MODEL_READY: models.ready,
+            Endpoint.MODEL_CONFIG: models.config,
+            Endpoint.MODEL_STATS: models.stats,
+            Endpoint.MODEL_INFER: models.infer,
+            Endpoint.REPOSITORY_INDEX: repository.index,
+            Endpoint.REPOSITORY_LOAD: repository.load,
+            Endpoint.REPOSITORY_UNLOAD: repository.unload,
+            Endpoint.REPOSITORY_NAMED_CONTROL: repository.named_control,
+        }
+
+    def handle(self, request: Request) -> Response | None:
+        route = match(request.path)
+        if route is None:
+            return Response.error(404, "Not Found")
+        if request.method not in METHODS[route.endpoint] and not (
+            request.method == "HEAD" and "GET" in METHODS[route.endpoint]
+        ):
+            return Response.error(405, "Method Not Allowed")
+        handler = self._routes.get(route.endpoint)
+        if handler is None:
+            return Response.error(501, f"the '{route.endpoint.value}' API is not supported by this server")
+        try:
+            return handler(request, route)
+        except ProtocolError as exc:
+            return error_reply(exc)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def _health_live(self, request: Request, route: Route) -> Response:
+        if self.exiting:
+            return Response.error(503, "Server exiting")
+        return empty_reply(200 if self.manager.live() else 400)
+
+    def _health_ready(self, request: Request, route: Route) -> Response:
+        if self.exiting:
+            return Response.error(503, "Server exiting")
+        return empty_reply(200 if self.manager.ready() else 400)
+
+    def _server_metadata(self, request: Request, route: Route) -> Response:
+        return self._metadata

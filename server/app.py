@@ -1,0 +1,72 @@
+"""The whole server: model manager, API server and metrics server, with their lifecycle.
+
+Start order: the HTTP and metrics ports open first (so a taken port fails at once, before
+any model work), then the model manager loads in the background while health answers
+"not ready". Stop order
+is the reverse of what depends on what: the API server stops accepting and drains (requests
+in flight finish on the models), then the metrics server, then the models are finalized.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from evserve.gpu.model_manager import ModelManager
+from evserve.server.api_server import HTTPAPIServer
+from evserve.server.config import Config
+from evserve.server.metrics_server import HTTPMetricsServer
+
+log = logging.getLogger("evserve.error")
+
+
+def default_repository() -> str:
+    """The example repository shipped inside the package (served when none is given)."""
+    from importlib.resources import files
+
+    return str(files("evserve.gpu") / "example_repository")
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        repositories = list(config.model_repositories) or [default_repository()]
+        self.manager = ModelManager(
+            repositories,
+            control_mode=config.model_control_mode,
+            startup_models=list(config.load_models),
+            poll_secs=config.repository_poll_secs,
+            load_thread_count=config.model_load_thread_count,
+            strict_readiness=config.strict_readiness,
+            exit_on_error=config.exit_on_error,
+            model_config_name=config.model_config_name,
+            disable_auto_complete=config.disable_auto_complete_config,
+            queue_capacity=config.max_queue_size,
+        )
+        self.api = HTTPAPIServer(config, self.manager)
+        self.metrics = HTTPMetricsServer(config, self.api, self.manager) if config.allow_metrics else None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Open both ports first (a taken port fails before any model work), then load models."""
+        self.api.start()
+        try:
+            if self.metrics is not None:
+                self.metrics.start()
+        except Exception:
+            self.api.stop(0)
+            raise
+        self.manager.start()
+        log.info("HTTP API on %s:%d with %d loop threads", self.config.http_address, self.api.port, self.config.threads)
+        if self.metrics is not None:
+            log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.api.exiting = True
+        self.api.stop(self.config.exit_timeout)
+        if self.metrics is not None:
+            self.metrics.stop(1.0)
+        self.manager.stop(self.config.exit_timeout)

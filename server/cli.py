@@ -1,0 +1,201 @@
+"""The ``evserve`` command: Triton's flag spellings → Config → a running Server.
+
+Both ``--flag value`` and ``--flag=value`` work (argparse), and Triton's boolean options take
+an optional value (``--strict-readiness=false``, ``--reuse-http-port`` alone means true).
+SIGINT and SIGTERM stop the server gracefully; a port that is taken gives one clear line and
+exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from evserve.server import log as server_log
+from evserve.server.config import MIB, Config, Limits
+from evserve.server.http_server import AddressInUse
+
+log = logging.getLogger("evserve.error")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, **kwargs: object) -> None:
+    parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help_text: str) -> None:
+    parser.add_argument(name, type=boolean, nargs="?", const=True, default=default, metavar="BOOL", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Limits()
+    parser = argparse.ArgumentParser(
+        prog="evserve",
+        description="An event-loop inference server that speaks Triton's HTTP/REST protocol.",
+    )
+    http = parser.add_argument_group("HTTP")
+    _flag(http, "--threads", "--http-thread-count", dest="threads", type=int, default=8,
+          help="loop threads serving HTTP (default 8)")
+    _flag(http, "--http-port", type=int, default=8000, help="HTTP API port (default 8000; 0 picks a free port)")
+    _flag(http, "--http-address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _bool_flag(http, "--reuse-http-port", False, "set SO_REUSEPORT so several servers can share the port")
+    _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
+    _flag(http, "--exit-timeout-secs", type=float, default=30.0,
+          help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")
+    _flag(http, "--server-name", "--id", dest="server_name", default="evserve",
+          help="the name in server metadata (default evserve; 'triton' satisfies clients that check it)")
+
+    limits = parser.add_argument_group("HTTP limits and deadlines")
+    _flag(limits, "--http-max-input-size", type=int, default=defaults.max_input_size,
+          help=f"largest request body in bytes, also decompressed (default {defaults.max_input_size // MIB} MiB)")
+    _flag(limits, "--http-max-request-line", type=int, default=defaults.max_request_line, help="bytes (414 above)")
+    _flag(limits, "--http-max-header-field", type=int, default=defaults.max_header_field, help="bytes (431 above)")
+    _flag(limits, "--http-max-header-size", type=int, default=defaults.max_header_block,
+          help="bytes in the whole header block (431 above)")
+    _flag(limits, "--http-max-headers", type=int, default=defaults.max_headers, help="header fields (431 above)")
+    _flag(limits, "--http-head-timeout", type=float, default=defaults.head_timeout,
+          help="seconds to receive a request head, counted from accept or the first byte (408)")
+    _flag(limits, "--http-body-timeout", type=float, default=defaults.body_timeout,
+          help="seconds a body may stall between reads (408)")
+    _flag(limits, "--http-body-min-rate", type=int, default=defaults.body_min_rate,
+          help="bytes/s a body must average once --http-body-timeout has passed (408)")
+    _flag(limits, "--http-keepalive-timeout", type=float, default=defaults.keepalive_timeout,
+          help="seconds an idle keep-alive connection is kept")
+    _flag(limits, "--http-max-requests-per-connection", type=int, default=defaults.max_requests_per_connection)
+    _flag(limits, "--http-max-connections", type=int, default=defaults.max_connections,
+          help="live connections across all threads (kept below the file-descriptor limit)")
+    _flag(limits, "--http-max-pipelined-requests", type=int, default=defaults.max_pipelined_requests,
+          help="requests parsed ahead per connection before reading pauses")
+    _flag(limits, "--max-queue-size", type=int, default=1024,
+          help="inference requests queued per model instance before 503")
+
+    metrics = parser.add_argument_group("metrics")
+    _bool_flag(metrics, "--allow-metrics", True, "serve Prometheus metrics (default true)")
+    _flag(metrics, "--metrics-port", type=int, default=8002, help="metrics port (default 8002)")
+    _flag(metrics, "--metrics-address", default=None, help="default: --http-address")
+
+    models = parser.add_argument_group("models")
+    _flag(models, "--model-repository", "--model-store", dest="model_repository", action="append", default=[],
+          help="a Triton model repository (repeatable); default: the bundled example repository")
+    _flag(models, "--model-control-mode", choices=("none", "explicit", "poll"), default="none")
+    _flag(models, "--load-model", action="append", default=[],
+          help="model to load at start in explicit mode (repeatable; '*' for all)")
+    _flag(models, "--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
+    _flag(models, "--model-load-thread-count", type=int, default=4,
+          help="concurrent load/unload operations; one more gets 503 (default 4)")
+    _flag(models, "--model-config-name", default=None, help="use configs/<name>.pbtxt instead of config.pbtxt")
+    _bool_flag(models, "--strict-readiness", True, "ready only when every model is ready (default true)")
+    _bool_flag(models, "--exit-on-error", True, "exit when a startup model fails to load (default true)")
+    _bool_flag(models, "--disable-auto-complete-config", False, "do not run auto_complete_config")
+    _bool_flag(models, "--strict-model-config", False, "deprecated spelling of --disable-auto-complete-config")
+    # Runs load/unload on the loop thread, as Triton does; exists only so the starvation test can
+    # show it catches that bug. Hidden from --help.
+    models.add_argument("--sync-model-control", action="store_true", help=argparse.SUPPRESS)
+
+    logs = parser.add_argument_group("logging")
+    _flag(logs, "--log-verbose", type=int, default=0, help="verbosity level (0 = info)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    limits = Limits(
+        max_request_line=args.http_max_request_line,
+        max_header_field=args.http_max_header_field,
+        max_header_block=args.http_max_header_size,
+        max_headers=args.http_max_headers,
+        max_input_size=args.http_max_input_size,
+        head_timeout=args.http_head_timeout,
+        body_timeout=args.http_body_timeout,
+        body_min_rate=args.http_body_min_rate,
+        keepalive_timeout=args.http_keepalive_timeout,
+        max_requests_per_connection=args.http_max_requests_per_connection,
+        max_connections=args.http_max_connections,
+        max_pipelined_requests=args.http_max_pipelined_requests,
+    )
+    return Config(
+        http_address=args.http_address,
+        http_port=args.http_port,
+        threads=args.threads,
+        reuse_port=args.reuse_http_port,
+        allow_http=args.allow_http,
+        allow_metrics=args.allow_metrics,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        exit_timeout=args.exit_timeout_secs,
+        log_verbose=args.log_verbose,
+        server_name=args.server_name,
+        limits=limits,
+        model_repositories=tuple(args.model_repository),
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        repository_poll_secs=args.repository_poll_secs,
+        model_load_thread_count=args.model_load_thread_count,
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        model_config_name=args.model_config_name,
+        disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
+        max_queue_size=args.max_queue_size,
+        sync_model_control=args.sync_model_control,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    server_log.configure(config.log_verbose)
+    if not config.allow_http:
+        print("evserve: --allow-http=false leaves nothing to serve", file=sys.stderr)
+        return 2
+
+    from evserve.server.app import Server
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = Server(config)
+    try:
+        server.start()
+    except AddressInUse as exc:
+        print(f"evserve: cannot listen: {exc.strerror}", file=sys.stderr)
+        return 1
+    status = 0
+    if config.exit_on_error:
+        # Wait for the startup models, but stay responsive to signals meanwhile.
+        while not stop.is_set() and not server.manager.wait_startup(0.2):
+            pass
+        errors = server.manager.startup_errors()
+        if errors and not stop.is_set():
+            for name, reason in errors.items():
+                log.error("failed to load '%s': %s", name, reason)
+            log.error("exiting: failed to load all models (--exit-on-error=true)")
+            stop.set()
+            status = 1
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: draining connections for up to %.0f s", config.exit_timeout)
+    server.stop()
+    log.info("stopped")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

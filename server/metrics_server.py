@@ -1,0 +1,79 @@
+"""HTTPMetricsServer: Prometheus text exposition on its own port (Triton's port 8002).
+
+It derives from the same HTTPServer base with a single loop thread, as Triton's does. A
+scrape reads counters that other threads keep (per loop thread: live connections and
+requests answered; per model version: the engine's statistics) and never waits on a lock
+that request handling holds for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from evserve.protocol.prometheus import CONTENT_TYPE, Family, render
+from evserve.server.config import Config
+from evserve.server.connection import Request, Response
+from evserve.server.http_server import HTTPServer, ThreadStats
+
+if TYPE_CHECKING:
+    from evserve.gpu.model_manager import ModelManager
+
+
+def server_families(threads: list[ThreadStats]) -> list[Family]:
+    live = Family("evserve_http_live_connections", "gauge", "Live HTTP connections owned by each loop thread")
+    served = Family("evserve_http_requests_total", "counter", "HTTP requests answered by each loop thread")
+    for stats in threads:
+        live.add({"thread": str(stats.index)}, stats.live_connections)
+        served.add({"thread": str(stats.index)}, stats.requests)
+    return [live, served]
+
+
+def model_families(manager: ModelManager) -> list[Family]:
+    """Triton's nv_inference_* families (same names, types and labels), per ready version."""
+    success = Family("nv_inference_request_success", "counter", "Number of successful inference requests")
+    failure = Family("nv_inference_request_failure", "counter", "Number of failed inference requests")
+    count = Family("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)")
+    executions = Family("nv_inference_exec_count", "counter", "Number of model executions performed")
+    pending = Family("nv_inference_pending_request_count", "gauge", "Inference requests waiting in the queue")
+    request_us = Family("nv_inference_request_duration_us", "counter", "Cumulative inference request duration")
+    queue_us = Family("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration")
+    infer_us = Family("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration")
+    load_s = Family("nv_model_load_duration_secs", "gauge", "Model load time in seconds")
+    for version in manager.ready_versions():
+        labels = {"model": version.name, "version": version.version_str}
+        snap = version.stats.snapshot()
+        stats = snap["inference_stats"]
+        success.add(labels, stats["success"]["count"])
+        for reason, value in sorted(version.stats.failure_counts().items()):
+            failure.add({**labels, "reason": reason}, value)
+        count.add(labels, snap["inference_count"])
+        executions.add(labels, snap["execution_count"])
+        pending.add(labels, version.queued)
+        request_us.add(labels, (stats["success"]["ns"] + stats["fail"]["ns"]) // 1000)
+        queue_us.add(labels, stats["queue"]["ns"] // 1000)
+        infer_us.add(labels, stats["compute_infer"]["ns"] // 1000)
+        load_s.add(labels, version.load_seconds)
+    return [success, failure, count, executions, pending, request_us, queue_us, infer_us, load_s]
+
+
+class HTTPMetricsServer(HTTPServer):
+    """GET /metrics on --metrics-port. Other paths answer 200 with an empty body, as Triton's."""
+
+    thread_prefix = "evserve-metrics"
+
+    def __init__(self, config: Config, api: HTTPServer, manager: ModelManager | None = None) -> None:
+        super().__init__(config.metrics_address or config.http_address, config.metrics_port, threads=1,
+                         limits=config.limits)
+        self._threads: Callable[[], list[ThreadStats]] = api.thread_stats
+        self._manager = manager
+
+    def handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response.error(405, "Method Not Allowed")
+        if request.path not in ("/metrics", "/metrics/"):
+            return Response(200)
+        families = server_families(self._threads())
+        if self._manager is not None:
+            families += model_families(self._manager)
+        return Response(200, [("Content-Type", CONTENT_TYPE)], [render(families)])

@@ -1,0 +1,138 @@
+"""Per-model endpoints: metadata, ready, config (answered inline) and infer (handed off).
+
+Inference follows Triton's path: the body is decompressed, decoded and validated here on
+the loop thread, the connection is paused, and the job goes into the model's bounded queue
+(full → 503 at once). The worker runs ``execute`` and encodes the reply (JSON head plus
+tensor buffers, compressed if asked) on its own thread; the ticket defers the finished
+reply to the loop thread that owns the connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from evserve.gpu.model_config import ModelConfig
+from evserve.gpu.python_model import ExecRequest
+from evserve.protocol.compression import decompress
+from evserve.protocol.errors import ProtocolError
+from evserve.protocol.infer_codec import decode_infer_request, encode_infer_response, parse_header_length
+from evserve.protocol.paths import Route
+from evserve.protocol.types import InferRequest, InferResponse
+from evserve.server.config import Config
+from evserve.server.connection import Request, Response, Ticket
+from evserve.server.responses import empty_reply, error_reply, json_reply
+
+if TYPE_CHECKING:
+    from evserve.gpu.model_manager import ModelManager
+
+log = logging.getLogger("evserve.error")
+
+
+@functools.lru_cache(maxsize=256)
+def _read_label_file(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
+def read_labels(config: ModelConfig, output: str) -> list[str]:
+    path = config.label_file(output)
+    return _read_label_file(path) if path else []
+
+DECOUPLED_ON_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
+
+
+def is_msgpack(request: Request) -> bool:
+    content_type = request.header("content-type")
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower() == "application/msgpack"
+
+
+class ModelHandlers:
+    def __init__(self, manager: ModelManager, config: Config) -> None:
+        self.manager = manager
+        self.max_input_size = config.limits.max_input_size
+
+    def metadata(self, request: Request, route: Route) -> Response:
+        assert route.model is not None
+        return json_reply(self.manager.metadata(route.model, route.version))
+
+    def ready(self, request: Request, route: Route) -> Response:
+        assert route.model is not None
+        try:
+            ready = self.manager.model_ready(route.model, route.version)
+        except ProtocolError as exc:
+            return error_reply(exc)
+        return empty_reply() if ready else Response.error(400, "Model version not ready")
+
+    def config(self, request: Request, route: Route) -> Response:
+        assert route.model is not None
+        return json_reply(self.manager.config(route.model, route.version))
+
+    def stats(self, request: Request, route: Route) -> Response:
+        """The statistics extension: every ready version, one model's, or one version's."""
+        versions = self.manager.ready_versions(route.model, route.version)
+        return json_reply({"model_stats": [version.stats_entry() for version in versions]})
+
+    def infer(self, request: Request, route: Route) -> Response | None:
+        assert route.model is not None
+        version = self.manager.get(route.model, route.version)
+        if version.config.decoupled:
+            return Response.error(501, DECOUPLED_ON_INFER)
+        body = decompress(request.body, request.header("content-encoding"), self.max_input_size)
+        header_length = parse_header_length(request.header("inference-header-content-length"), len(body))
+        infer_request = decode_infer_request(
+            body,
+            header_length=header_length,
+            msgpack=is_msgpack(request),
+            signature=version.signature,
+            max_input_size=self.max_input_size,
+        )
+        ticket = request.pause()
+        completion = _Completion(ticket, infer_request, request.header("accept-encoding"), version.config)
+        job = ExecRequest(request=infer_request, complete=completion, cancelled=ticket.cancelled)
+        try:
+            version.submit(job)
+        except ProtocolError as exc:
+            ticket.finish(error_reply(exc))
+        return None
+
+
+class _Completion:
+    """Runs on the worker thread when the model has answered: encode, then defer the reply."""
+
+    __slots__ = ("ticket", "request", "accept_encoding", "config")
+
+    def __init__(self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, config: ModelConfig) -> None:
+        self.ticket = ticket
+        self.request = request
+        self.accept_encoding = accept_encoding
+        self.config = config
+
+    def _labels(self) -> dict[str, list[str]] | None:
+        """Class labels for classification outputs, read here on the worker thread (disk I/O)."""
+        wanted = [o.name for o in self.request.outputs or () if o.classification > 0]
+        if not wanted:
+            return None
+        return {name: read_labels(self.config, name) for name in wanted}
+
+    def __call__(self, result: InferResponse | ProtocolError) -> None:
+        if isinstance(result, ProtocolError):
+            self.ticket.finish(error_reply(result))
+            return
+        try:
+            reply = encode_infer_response(
+                result,
+                self.request,
+                accept_encoding=self.accept_encoding,
+                batched=self.config.max_batch_size > 0,
+                labels=self._labels(),
+            )
+        except ProtocolError as exc:
+            self.ticket.finish(error_reply(exc))
+            return
+        except Exception:
+            log.exception("encoding the reply of model '%s' failed", self.request.model_name)
+            self.ticket.finish(Response.error(500, "failed to encode the inference response"))
+            return
+        self.ticket.finish(Response(reply.status, reply.headers, reply.buffers))

@@ -1,0 +1,33 @@
+"""Small builders for the replies the handlers give, so status and body rules live in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from evserve.protocol.errors import ProtocolError
+from evserve.protocol.json_codec import loads
+from evserve.server.connection import Response
+
+JSON = [("Content-Type", "application/json")]
+
+
+def json_reply(obj: Any, status: int = 200) -> Response:
+    return Response(status, list(JSON), [orjson.dumps(obj)])
+
+
+def empty_reply(status: int = 200) -> Response:
+    """Health and model-ready answer with an empty body, as Triton does."""
+    return Response(status)
+
+
+def error_reply(exc: ProtocolError) -> Response:
+    return Response.error(exc.status, exc.message, exc.headers)
+
+
+def parse_json_body(body: bytes | bytearray | memoryview) -> Any:
+    """An optional JSON body (tritonclient posts empty bodies): None when empty, else the object."""
+    if not body or not bytes(body).strip():
+        return None
+    return loads(body)
