@@ -19,6 +19,7 @@ uses both read these tokens (Triton's qa L0_nan_inf relies on it).
 
 from __future__ import annotations
 
+import functools
 from itertools import chain
 from typing import Any
 
@@ -112,8 +113,13 @@ def _check_types(plan: InputPlan, types: set[type], msgpack: bool) -> None:
         )
 
 
+@functools.cache
+def _int_range(datatype: str) -> np.iinfo:
+    return np.iinfo(numpy_dtype(datatype))
+
+
 def _check_range(plan: InputPlan, flat: list[int]) -> None:
-    info = np.iinfo(numpy_dtype(plan.datatype))
+    info = _int_range(plan.datatype)
     low, high = min(flat), max(flat)
     if low < info.min or high > info.max:
         bad = low if low < info.min else high
@@ -158,9 +164,10 @@ def array_from_data(plan: InputPlan, *, max_input_size: int, msgpack: bool = Fal
     _check_types(plan, types, msgpack)
     if plan.datatype == "BYTES":
         return _bytes_array(plan, flat, max_input_size).reshape(plan.shape)
-    if dtype.kind in "iu":
-        _check_range(plan, flat)
     try:
+        if dtype.kind in "iu":
+            _check_range(plan, flat)
+            return np.array(flat, dtype=dtype).reshape(plan.shape)
         with np.errstate(over="ignore"):  # a JSON number beyond FP32's range becomes inf, as in C
             return np.array(flat, dtype=dtype).reshape(plan.shape)
     except (ValueError, OverflowError, TypeError) as exc:
