@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="bytes/s a body must average once --http-body-timeout has passed (408)")
     _flag(limits, "--http-keepalive-timeout", type=float, default=defaults.keepalive_timeout,
           help="seconds an idle keep-alive connection is kept")
+    _flag(limits, "--http-send-timeout", type=float, default=defaults.send_timeout,
+          help="seconds a client may leave its replies unread before the connection is dropped")
     _flag(limits, "--http-max-requests-per-connection", type=int, default=defaults.max_requests_per_connection)
     _flag(limits, "--http-max-connections", type=int, default=defaults.max_connections,
           help="live connections across all threads (kept below the file-descriptor limit)")
@@ -123,6 +125,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         body_timeout=args.http_body_timeout,
         body_min_rate=args.http_body_min_rate,
         keepalive_timeout=args.http_keepalive_timeout,
+        send_timeout=args.http_send_timeout,
         max_requests_per_connection=args.http_max_requests_per_connection,
         max_connections=args.http_max_connections,
         max_pipelined_requests=args.http_max_pipelined_requests,

@@ -39,6 +39,8 @@ class Limits:
     keepalive_timeout: float = 30.0
     # nginx keepalive_requests-style bound on per-connection state; the last reply says Connection: close.
     max_requests_per_connection: int = 10_000
+    # nginx send_timeout: a client that has not read its replies for this long is dropped.
+    send_timeout: float = 60.0
     # Live connections across all loop threads; capped again below RLIMIT_NOFILE at start.
     max_connections: int = 10_000
     # Complete requests parsed ahead and queued behind the one being answered (pipelining).

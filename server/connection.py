@@ -27,6 +27,7 @@ import asyncio
 import enum
 import logging
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,10 @@ _SLICE = 4096
 _BODY_SLICE = 64 * 1024
 # Per-chunk framing that is not an extension: up to 16 hex digits and two CRLFs.
 _CHUNK_FRAMING = 20
+# tcpi_state values (linux/tcp.h): the peer reset (CLOSE) or sent its FIN (CLOSE_WAIT).
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+# nginx lingering_timeout-style bound on reading and discarding after a final reply.
+_LINGER_SECONDS = 2.0
 # RFC 3986 authority characters (host, port, IPv6 brackets, userinfo is refused by omission of '@').
 _VALID_HOST = re.compile(r"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]+")
 
@@ -223,6 +228,8 @@ class HttpConnection(asyncio.Protocol):
         self._draining = False
         self._broken = False  # the parser failed: nothing more is parsed
         self._resume_scheduled = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._write_paused_since = 0.0
         self._seq = 0
         self._served = 0
         self.phase = Phase.HEAD
@@ -256,6 +263,8 @@ class HttpConnection(asyncio.Protocol):
         """Called by the loop when the socket is closed, by either side."""
         self._closing = True
         self._transport = None
+        if self._linger is not None:
+            self._linger.cancel()
         if self._ticket is not None:
             # The client left while its request was with a worker: Triton issue 7077.
             self._ticket._cancelled = True
@@ -266,7 +275,12 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client half-closed. Finish what is in flight, then close (returning False closes)."""
+        if self._linger is not None:
+            return False
         if self._current is None and not self._ready:
+            return False
+        if self._ticket is not None:
+            # The client left while its request was with a worker: close, which cancels the ticket.
             return False
         # Keep the transport open to write the pending replies; close after the last one.
         self._draining = True
@@ -275,6 +289,7 @@ class HttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The transport's write buffer passed its high-water mark: stop producing replies."""
         self._write_paused = True
+        self._write_paused_since = self._loop.time()
         self._pause_reading()
 
     def resume_writing(self) -> None:
@@ -318,10 +333,14 @@ class HttpConnection(asyncio.Protocol):
                     if self._head_fed > self._limits.max_request_line + self._limits.max_header_block + _SLICE:
                         raise _HeadTooLarge
                 self._parser.feed_data(piece)
+                if self.phase is Phase.BODY and self._chunked:
+                    self._check_extensions()
+            except _Reject as exc:
+                self._reject_after_queue(exc)
+                return
             except _HeadTooLarge:
-                status = 414 if self._req is not None and not self._req.headers and self._url else 431
-                self._reject_after_queue(_Reject(status, "Request Header Fields Too Large" if status == 431
-                                                 else "URI Too Long"))
+                # on_url enforces the 414 as the target arrives, so what overflows here is a header field.
+                self._reject_after_queue(_Reject(431, "Request Header Fields Too Large"))
                 return
             except httptools.HttpParserUpgrade:
                 # Upgrade/CONNECT: never switch protocols. The request already parsed is answered,
@@ -435,6 +454,8 @@ class HttpConnection(asyncio.Protocol):
             self._set_phase(Phase.BODY)
 
     def on_body(self, body: bytes) -> None:
+        if self._chunked:
+            self._check_chunk_count()
         self._body_got += len(body)
         self._last_body = self._loop.time()
         if self._body_remaining is not None:
@@ -446,15 +467,20 @@ class HttpConnection(asyncio.Protocol):
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
+        self._check_extensions()
+
+    def _check_chunk_count(self) -> None:
         if self._chunks > self._limits.max_chunks:
             raise _Reject(
                 400,
                 f"Chunked request body exceeds maximum of {self._limits.max_chunks} non-empty chunks. "
                 "Send fewer or larger HTTP chunks.",
             )
+
+    def _check_extensions(self) -> None:
         framing = self._body_fed - self._body_got
         # Tolerance of one slice: the slice being fed may hold bytes of the next request.
-        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * self._chunks + _BODY_SLICE:
+        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * (self._chunks + 1) + _BODY_SLICE:
             raise _Reject(400, "Bad Request: chunk extensions are too large")
 
     def on_message_complete(self) -> None:
@@ -498,6 +524,8 @@ class HttpConnection(asyncio.Protocol):
         if self._expect_continue and self._current is None and not self._ready and self._transport:
             self._expect_continue = False
             self._transport.write(CONTINUE_100)
+            # The client sends the body only now: its clock starts here.
+            self._last_body = self._body_started = self._loop.time()
 
     # ------------------------------------------------------------------ answering requests
 
@@ -534,10 +562,19 @@ class HttpConnection(asyncio.Protocol):
             if self._draining:
                 self._close()
                 return
-            # The read deadlines were suspended while busy; restart the clock of the current phase.
-            self._phase_since = self._loop.time()
             self._send_continue_if_turn()
+            if self._stash:
+                # Kept bytes hold more requests: take them up on a later iteration.
+                self._schedule_resume()
         self._resume_reading_if_possible()
+
+    def _restart_clocks(self) -> None:
+        """A reply is out: the read deadlines were suspended while busy, so restart them now."""
+        now = self._loop.time()
+        self._phase_since = now
+        if self.phase is Phase.BODY:
+            self._last_body = now
+            self._body_started = now
 
     def _write(self, response: Response, *, close: bool) -> None:
         """Write a complete reply for ``_current`` (on the owning thread only)."""
@@ -551,9 +588,12 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = not (close or response.close or self._broken or self._draining or self._closing)
         if req is not None and not req.keep_alive:
             keep_alive = False
+        headers = response.headers
+        if keep_alive and req is not None and req.version == "1.0":
+            headers = [*headers, ("Connection", "keep-alive")]
         head = response_head(
             response.status,
-            response.headers,
+            headers,
             content_length=response.body_length,
             keep_alive=keep_alive,
             server=self._server_name,
@@ -563,13 +603,29 @@ class HttpConnection(asyncio.Protocol):
         else:
             transport.writelines([head, *response.buffers])
         self._served += 1
+        self._restart_clocks()
         if not keep_alive:
             self._close()
 
     def _close(self) -> None:
+        unread = self._broken or bool(self._stash or self._ready) or self._req is not None
         self._closing = True
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        if not unread or not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close (nginx lingering_close): closing a socket with unread input makes the
+        # kernel send an RST that destroys the replies not yet delivered. Send FIN, read and
+        # discard what the client still sends, close on its EOF or after a bound.
+        self._stash.clear()
+        self._ready.clear()
+        transport.write_eof()
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        self._linger = self._loop.call_later(_LINGER_SECONDS, transport.close)
 
     # ------------------------------------------------------------------ pause / resume
 
@@ -590,6 +646,12 @@ class HttpConnection(asyncio.Protocol):
         if not self._live_ticket(ticket):
             ticket._finished = True
             return
+        if self._streaming:
+            # A complete reply cannot follow a chunked head: end the stream and close instead.
+            log.error("a ticket finished with a complete reply after starting a stream; closing")
+            self._stream_end(ticket)
+            self._close()
+            return
         ticket._finished = True
         self._write(response, close=False)
         self._schedule_resume()
@@ -608,6 +670,8 @@ class HttpConnection(asyncio.Protocol):
     def _stream_chunk(self, ticket: Ticket, data: bytes) -> None:
         if self._live_ticket(ticket) and self._streaming and self._transport is not None:
             self.owner.assert_owner()
+            if self._current is not None and self._current.method == "HEAD":
+                return
             self._transport.writelines(chunk(data))
 
     def _stream_end(self, ticket: Ticket) -> None:
@@ -620,8 +684,10 @@ class HttpConnection(asyncio.Protocol):
         req = self._current
         self._current = None
         self._ticket = None
-        self._transport.write(LAST_CHUNK)
+        if req is None or req.method != "HEAD":
+            self._transport.write(LAST_CHUNK)
         self._served += 1
+        self._restart_clocks()
         if req is None or not req.keep_alive or self._draining or self._broken:
             self._close()
             return
@@ -668,11 +734,23 @@ class HttpConnection(asyncio.Protocol):
         self._phase_since = self._loop.time()
 
     @property
+    def closed(self) -> bool:
+        return self._transport is None and self._closing
+
+    @property
     def busy(self) -> bool:
         return self._current is not None or bool(self._ready) or self._req is not None
 
     def check_deadlines(self, now: float) -> None:
         """Called by the loop thread's tick: enforce the head, body and keep-alive deadlines."""
+        if self._ticket is not None and self._read_paused and self._peer_gone():
+            self._ticket._cancelled = True
+            self.abort()
+            return
+        if self._write_paused and now - self._write_paused_since > self._limits.send_timeout:
+            # nginx send_timeout: a client that stops reading its replies does not hold them forever.
+            self.abort()
+            return
         if self._closing or self._current is not None or self._ready:
             return
         limits = self._limits
@@ -686,6 +764,14 @@ class HttpConnection(asyncio.Protocol):
                 self._timeout()
         elif self.phase is Phase.IDLE and now - self._phase_since > limits.keepalive_timeout:
             self._close()
+
+    def _peer_gone(self) -> bool:
+        """Reading is paused, so EOF/RST go unseen: ask the kernel for the TCP state (Linux)."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is None or not hasattr(socket, "TCP_INFO"):
+            return False
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
     def _timeout(self) -> None:
         self._broken = True

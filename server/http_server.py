@@ -87,6 +87,7 @@ class HTTPServer:
         self._requests: list[int] = [0] * threads
         self._conn_lock = threading.Condition()
         self._accepting = False
+        self._draining = False
         self._listener: socket.socket | None = None
         self._break_r, self._break_w = socket.socketpair()
         self._acceptor: threading.Thread | None = None
@@ -210,15 +211,23 @@ class HTTPServer:
                 on_close=lambda c: self._on_close(index, c),
                 on_request=lambda: self._count_request(index),
             )
-            self._conns[index].add(conn)
             return conn
 
         async def attach() -> None:
             try:
-                await thread.loop.connect_accepted_socket(factory, sock)
-            except OSError:
+                _transport, conn = await thread.loop.connect_accepted_socket(factory, sock)
+            except Exception:
+                # The connection never started, so connection_lost will not release the slot.
+                log.exception("attaching an accepted socket failed")
                 sock.close()
                 self._release(index)
+                return
+            if conn.closed:
+                return  # closed (and released) before the attach returned
+            self._conns[index].add(conn)
+            if self._draining:
+                # Accepted before stop() but attached after the drain order went round.
+                conn.begin_drain()
 
         thread.loop.create_task(attach())
 
@@ -282,8 +291,11 @@ class HTTPServer:
 
     def stop(self, timeout: float) -> None:
         """Refuse new connections, drain for up to ``timeout`` seconds, close the rest, join."""
+        if self._draining:
+            return
         self.stop_accepting()
         deadline = time.monotonic() + timeout
+        self._draining = True
         self.on_each_thread(self._drain_thread)
         with self._conn_lock:
             while sum(self._live) > 0:
