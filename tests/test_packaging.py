@@ -1,0 +1,51 @@
+"""The three top-level folders install as evserve.server, evserve.protocol and evserve.gpu only.
+
+Generic top-level names such as ``server`` or ``gpu`` in site-packages would clash with other
+distributions, so they must never be importable: neither in this test process (pytest's
+importlib mode keeps the repository root off sys.path) nor in a fresh interpreter started
+outside the repository, which is how an installed evserve is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUBPACKAGES = ("server", "protocol", "gpu")
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_namespaced_subpackage_imports(name: str) -> None:
+    module = importlib.import_module(f"evserve.{name}")
+    assert module.__name__ == f"evserve.{name}"
+    assert Path(module.__file__).resolve().parent.name == name
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_bare_name_is_not_importable_here(name: str) -> None:
+    on_path = {Path(entry or os.getcwd()).resolve() for entry in sys.path}
+    if REPOSITORY in on_path:
+        pytest.skip("the repository root is on sys.path (python -m pytest?); the subprocess test still checks")
+    assert importlib.util.find_spec(name) is None
+
+
+def test_bare_names_are_not_importable_from_a_fresh_interpreter(tmp_path: Path) -> None:
+    code = (
+        "import importlib, importlib.util\n"
+        f"names = {SUBPACKAGES!r}\n"
+        "for name in names: importlib.import_module('evserve.' + name)\n"
+        "print([name for name in names if importlib.util.find_spec(name) is not None])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
