@@ -1,0 +1,93 @@
+"""Thread affinity of inference: execute runs on a worker, the reply is written by the owning loop.
+
+The whole server runs in this process so the test can watch threads: every reply write is
+recorded with the thread that made it and the loop thread that owns the connection, and
+the model reports the thread its ``execute`` ran on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from evserve.server import loop_thread
+from evserve.server.app import Server
+from evserve.server.config import Config
+from evserve.server.connection import HttpConnection
+
+WHERE_MODEL = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        ident = np.array([threading.get_ident()], dtype=np.uint64)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("THREAD", ident)]) for _ in requests]
+"""
+
+WHERE_CONFIG = """
+name: "where"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "THREAD" data_type: TYPE_UINT64 dims: [ 1 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+
+@pytest.fixture()
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
+    """(writing thread, owning loop thread) for every reply written."""
+    seen: list[tuple[int, int | None]] = []
+    original = HttpConnection._write
+
+    def spy(self: HttpConnection, response: object, *, close: bool) -> None:
+        seen.append((threading.get_ident(), self.owner.ident))
+        original(self, response, close=close)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HttpConnection, "_write", spy)
+    monkeypatch.setattr(loop_thread, "DEBUG_OWNERSHIP", True)
+    return seen
+
+
+@pytest.fixture()
+def server(tmp_path: Path, writes: list[tuple[int, int | None]]) -> Iterator[Server]:
+    (tmp_path / "where" / "1").mkdir(parents=True)
+    (tmp_path / "where" / "config.pbtxt").write_text(WHERE_CONFIG)
+    (tmp_path / "where" / "1" / "model.py").write_text(WHERE_MODEL)
+    config = Config(
+        http_address="127.0.0.1", http_port=0, metrics_port=0, threads=3, model_repositories=(str(tmp_path),)
+    )
+    srv = Server(config)
+    srv.start()
+    assert srv.manager.wait_startup(30)
+    yield srv
+    srv.stop()
+
+
+def test_execute_runs_on_workers_and_replies_on_the_owning_loop(
+    server: Server, writes: list[tuple[int, int | None]]
+) -> None:
+    loop_idents = {thread.ident for thread in server.api.loops}
+    clients = [httpclient.InferenceServerClient(f"127.0.0.1:{server.api.port}") for _ in range(6)]
+    executed_on = set()
+    for _ in range(5):
+        for client in clients:
+            inp = httpclient.InferInput("IN", [1], "INT32")
+            inp.set_data_from_numpy(np.array([1], dtype=np.int32))
+            executed_on.add(int(client.infer("where", [inp]).as_numpy("THREAD")[0]))
+    for client in clients:
+        client.close()
+
+    assert executed_on and not executed_on & loop_idents, "execute must never run on a loop thread"
+    assert len(writes) >= 30
+    assert all(writer == owner for writer, owner in writes), "a reply was written off its owning loop thread"
+    assert {owner for _, owner in writes} == loop_idents, "six connections should spread over all three loops"
