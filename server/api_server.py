@@ -19,6 +19,7 @@ from evserve.server.config import Config
 from evserve.server.connection import Request, Response
 from evserve.server.http_server import HTTPServer
 from evserve.server.model_handlers import ModelHandlers
+from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
 from evserve.server.responses import empty_reply, error_reply, json_reply
 
@@ -67,7 +68,9 @@ class HTTPAPIServer(HTTPServer):
         self._metadata = json_reply(
             {"name": config.server_name, "version": server_version(), "extensions": list(EXTENSIONS)}
         )
-        models = ModelHandlers(manager, config)
+        # Two threads: decoding releases the GIL in zlib and NumPy; 64 jobs bound the memory held.
+        self.offload = OffloadPool(threads=2, capacity=64)
+        models = ModelHandlers(manager, config, self.offload)
         repository = RepositoryHandlers(manager, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
             Endpoint.HEALTH_LIVE: self._health_live,
@@ -83,6 +86,10 @@ class HTTPAPIServer(HTTPServer):
             Endpoint.REPOSITORY_UNLOAD: repository.unload,
             Endpoint.REPOSITORY_NAMED_CONTROL: repository.named_control,
         }
+
+    def stop(self, timeout: float) -> None:
+        super().stop(timeout)
+        self.offload.shutdown()
 
     def handle(self, request: Request) -> Response | None:
         route = match(request.path)

@@ -2,9 +2,11 @@
 
 Inference follows Triton's path: the body is decompressed, decoded and validated here on
 the loop thread, the connection is paused, and the job goes into the model's bounded queue
-(full → 503 at once). The worker runs ``execute`` and encodes the reply (JSON head plus
-tensor buffers, compressed if asked) on its own thread; the ticket defers the finished
-reply to the loop thread that owns the connection.
+(full → 503 at once). Bodies whose decoding would take long (compressed, or large JSON) are
+paused first and decoded on the offload pool, so a loop thread never stalls on them. The
+worker runs ``execute`` and encodes the reply (JSON head plus tensor buffers, compressed if
+asked) on its own thread; the ticket defers the finished reply to the loop thread that owns
+the connection.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from evserve.protocol.paths import Route
 from evserve.protocol.types import InferRequest, InferResponse
 from evserve.server.config import Config
 from evserve.server.connection import Request, Response, Ticket
+from evserve.server.offload import OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
+    from evserve.gpu.model_state import ModelVersion
 
 log = logging.getLogger("evserve.error")
 
@@ -41,6 +45,9 @@ def read_labels(config: ModelConfig, output: str) -> list[str]:
     return _read_label_file(path) if path else []
 
 DECOUPLED_ON_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
+# Bodies over this size are decoded on the offload pool when they are compressed or mostly JSON;
+# below it decoding costs well under a millisecond and stays on the loop thread.
+HEAVY_BODY = 256 * 1024
 
 
 def is_msgpack(request: Request) -> bool:
@@ -49,9 +56,10 @@ def is_msgpack(request: Request) -> bool:
 
 
 class ModelHandlers:
-    def __init__(self, manager: ModelManager, config: Config) -> None:
+    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool) -> None:
         self.manager = manager
         self.max_input_size = config.limits.max_input_size
+        self.offload = offload
 
     def metadata(self, request: Request, route: Route) -> Response:
         assert route.model is not None
@@ -79,23 +87,69 @@ class ModelHandlers:
         version = self.manager.get(route.model, route.version)
         if version.config.decoupled:
             return Response.error(501, DECOUPLED_ON_INFER)
-        body = decompress(request.body, request.header("content-encoding"), self.max_input_size)
-        header_length = parse_header_length(request.header("inference-header-content-length"), len(body))
-        infer_request = decode_infer_request(
-            body,
-            header_length=header_length,
-            msgpack=is_msgpack(request),
+        body = _InferBody(request)
+        if body.heavy:
+            # Decompression or a large JSON parse would stall this loop's other connections.
+            ticket = request.pause()
+            try:
+                self.offload.submit(self._decode_and_submit, ticket, version, body)
+            except ProtocolError as exc:
+                ticket.finish(error_reply(exc))
+            return None
+        infer_request = self._decode(version, body)
+        self._submit(request.pause(), version, infer_request, body.accept_encoding)
+        return None
+
+    def _decode(self, version: ModelVersion, body: _InferBody) -> InferRequest:
+        data = decompress(body.data, body.content_encoding, self.max_input_size)
+        return decode_infer_request(
+            data,
+            header_length=parse_header_length(body.header_length, len(data)),
+            msgpack=body.msgpack,
             signature=version.signature,
             max_input_size=self.max_input_size,
         )
-        ticket = request.pause()
-        completion = _Completion(ticket, infer_request, request.header("accept-encoding"), version.config)
+
+    def _decode_and_submit(self, ticket: Ticket, version: ModelVersion, body: _InferBody) -> None:
+        """On the offload pool: decode, then queue for the model like the inline path."""
+        try:
+            infer_request = self._decode(version, body)
+        except ProtocolError as exc:
+            ticket.finish(error_reply(exc))
+            return
+        self._submit(ticket, version, infer_request, body.accept_encoding)
+
+    @staticmethod
+    def _submit(ticket: Ticket, version: ModelVersion, infer_request: InferRequest, accept: str | None) -> None:
+        completion = _Completion(ticket, infer_request, accept, version.config)
         job = ExecRequest(request=infer_request, complete=completion, cancelled=ticket.cancelled)
         try:
             version.submit(job)
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
-        return None
+
+
+class _InferBody:
+    """What decoding needs from the request, taken on the loop thread (the request stays there)."""
+
+    __slots__ = ("data", "content_encoding", "header_length", "msgpack", "accept_encoding", "heavy")
+
+    def __init__(self, request: Request) -> None:
+        self.data = request.body
+        encoding = request.header("content-encoding")
+        self.content_encoding = encoding
+        self.header_length = request.header("inference-header-content-length")
+        self.msgpack = is_msgpack(request)
+        self.accept_encoding = request.header("accept-encoding")
+        compressed = encoding is not None and encoding.strip().lower() not in ("", "identity")
+        self.heavy = len(self.data) > HEAVY_BODY and (compressed or self._head_length() > HEAVY_BODY)
+
+    def _head_length(self) -> int:
+        """Bytes of JSON (or msgpack) to parse: the header part of a binary body, else all of it."""
+        if self.header_length is not None and self.header_length.strip().isdigit():
+            length = int(self.header_length)
+            return length if length > 0 else 0
+        return len(self.data)
 
 
 class _Completion:

@@ -278,3 +278,24 @@ def test_hostile_json_is_4xx(server: EvserveProcess, body: bytes, status: int, n
     got, _, data = _post(server, "/v2/models/simple/infer", body, {})
     assert got == status, data
     assert needle in json.loads(data)["error"]
+
+
+@pytest.mark.parametrize(("binary", "compression"), [(False, None), (True, "gzip"), (False, "deflate")])
+def test_large_bodies_take_the_offload_path(client: httpclient.InferenceServerClient, binary: bool,
+                                            compression: str | None) -> None:
+    """Bodies over 256 KiB that are compressed or mostly JSON are decoded off the loop thread."""
+    data = np.random.default_rng(3).standard_normal(200_000).astype(np.float32)
+    inp = httpclient.InferInput("INPUT0", [data.size], "FP32")
+    inp.set_data_from_numpy(data, binary_data=binary)
+    out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)
+    result = client.infer("identity_fp32", [inp], outputs=[out], request_compression_algorithm=compression)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
+def test_large_body_decode_errors_come_back_through_the_ticket(server: EvserveProcess) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"inputs": [' + b" " * 400_000 + b"oops")
+    status, _, data = _post(server, "/v2/models/identity_fp32/infer", body, {"Content-Encoding": "gzip"})
+    assert status == 400
+    assert "error" in json.loads(data)
