@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from evserve.protocol.datatypes import datatype_of
 from evserve.protocol.errors import TritonCode
 
 _log = logging.getLogger("evserve.model")
@@ -61,23 +62,6 @@ _DATATYPE_CODES: dict[str, int] = {
     "FP64": 12,
     "BYTES": 13,
     "BF16": 14,
-}
-
-# NumPy (kind, itemsize) → protocol name. BF16 has no NumPy dtype: it travels as uint16 and
-# only a tensor's recorded datatype says it is BF16.
-_DATATYPE_OF_NUMPY: dict[tuple[str, int], str] = {
-    ("b", 1): "BOOL",
-    ("u", 1): "UINT8",
-    ("u", 2): "UINT16",
-    ("u", 4): "UINT32",
-    ("u", 8): "UINT64",
-    ("i", 1): "INT8",
-    ("i", 2): "INT16",
-    ("i", 4): "INT32",
-    ("i", 8): "INT64",
-    ("f", 2): "FP16",
-    ("f", 4): "FP32",
-    ("f", 8): "FP64",
 }
 
 # Triton's own table, including its quirk that TYPE_BOOL maps to Python's bool.
@@ -115,10 +99,16 @@ _NUMPY_OF_CODE: dict[int, Any] = {
 
 
 def _datatype_of(dtype: np.dtype) -> str | None:
-    """Protocol name of a NumPy dtype; object and fixed-width bytes arrays are BYTES."""
-    if dtype.kind in "OS":
-        return "BYTES"
-    return _DATATYPE_OF_NUMPY.get((dtype.kind, dtype.itemsize))
+    """Protocol name of a NumPy dtype, or None; object and fixed-width bytes arrays are BYTES.
+
+    Unicode arrays are refused, as Triton's python backend refuses them: strings travel as bytes.
+    """
+    if dtype.kind == "U":
+        return None
+    try:
+        return datatype_of(dtype)
+    except ValueError:
+        return None
 
 
 def triton_string_to_numpy(triton_type_string: str) -> Any:
