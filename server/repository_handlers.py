@@ -9,6 +9,7 @@ it exists only so the starvation test can show that the test catches the bug.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from evserve.protocol.errors import BadRequest, ProtocolError
@@ -31,7 +32,7 @@ def _parameters(body: Any) -> dict[str, Any]:
     return params
 
 
-def _reply_when_done(ticket: Ticket) -> Any:
+def _reply_when_done(ticket: Ticket) -> Callable[[ProtocolError | None], None]:
     def done(error: ProtocolError | None) -> None:
         ticket.finish(empty_reply() if error is None else error_reply(error))
 
@@ -57,15 +58,7 @@ class RepositoryHandlers:
     def load(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
         params = _parameters(parse_json_body(request.body))
-        if self.sync_control:
-            self.manager.load(route.model, params)
-            return empty_reply()
-        ticket = request.pause()
-        try:
-            self.manager.submit_load(route.model, params, _reply_when_done(ticket))
-        except ProtocolError as exc:
-            ticket.finish(error_reply(exc))
-        return None
+        return self._control(request, self.manager.load, self.manager.submit_load, route.model, params)
 
     def unload(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
@@ -73,12 +66,23 @@ class RepositoryHandlers:
         dependents = params.get("unload_dependents", False)
         if not isinstance(dependents, bool):
             raise BadRequest(f"Unable to parse 'unload_dependents': expected a boolean, got {dependents!r}")
+        return self._control(request, self.manager.unload, self.manager.submit_unload, route.model, dependents)
+
+    def _control(
+        self,
+        request: Request,
+        blocking: Callable[[str, Any], None],
+        submit: Callable[[str, Any, Callable[[ProtocolError | None], None]], None],
+        model: str,
+        argument: Any,
+    ) -> Response | None:
+        """Pause, hand the operation to the control executor, reply through the ticket when done."""
         if self.sync_control:
-            self.manager.unload(route.model, dependents)
+            blocking(model, argument)
             return empty_reply()
         ticket = request.pause()
         try:
-            self.manager.submit_unload(route.model, dependents, _reply_when_done(ticket))
+            submit(model, argument, _reply_when_done(ticket))
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
         return None
