@@ -10,6 +10,7 @@ sys.path; bench/ is deliberately not a package.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import importlib.metadata
 import json
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +97,37 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
+def runner_parser(doc: str) -> argparse.ArgumentParser:
+    """A runner's parser: the first paragraph of its module docstring is the --help description."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """--server-cores, --wrk-cores and --ready-timeout: where the server and wrk run, how long to wait."""
+    parser.add_argument("--server-cores", default="0", help="taskset cores for the server (default 0)")
+    parser.add_argument("--wrk-cores", default="1", help="taskset cores for wrk and this runner (default 1)")
+    parser.add_argument("--ready-timeout", type=float, default=60.0,
+                        help="seconds to wait for a server to answer (default 60)")
+
+
+def check_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Turn the two core options into core lists; refuse cores missing here or shared by both."""
+    try:
+        args.server_cores = parse_cores(args.server_cores)
+        args.wrk_cores = parse_cores(args.wrk_cores)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if set(args.server_cores) & set(args.wrk_cores):
+        parser.error("--server-cores and --wrk-cores overlap: the load generator would steal the server's core")
+
+
+def prepare_runner(args: argparse.Namespace) -> None:
+    """Before the first run: exit without the tools, then move this process onto the wrk cores."""
+    require_tools()
+    pin_self(args.wrk_cores)
+
+
 def pin_self(cores: Sequence[int]) -> None:
     """Keep the runner (and its load/unload thread) on the load generator's cores, off the server's."""
     os.sched_setaffinity(0, set(cores))
@@ -109,6 +141,12 @@ def evserve_command() -> list[str]:
     """The installed console script, or the module when only the checkout is importable."""
     script = shutil.which("evserve")
     return [script] if script else [sys.executable, "-m", "evserve.server"]
+
+
+def evserve_argv(port: int, threads: int) -> list[str]:
+    """evserve on ``port`` with ``threads`` loop threads; metrics off, on a port of their own so none clash."""
+    return [*evserve_command(), "--threads", str(threads), "--http-port", str(port),
+            "--metrics-port", str(free_port()), "--allow-metrics=false"]
 
 
 def _version(distribution: str) -> str:
@@ -181,6 +219,15 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None, *
         conn.close()
 
 
+def request_ok(port: int, method: str, path: str, body: bytes | None = None, *,
+               headers: dict[str, str] | None = None) -> bytes:
+    """``http_request`` that must answer 200: a wrong request should fail loudly, not become a fast 400 figure."""
+    status, reply = http_request(port, method, path, body, headers=headers)
+    if status != 200:
+        raise BenchError(f"{method} {path} → {status}: {reply[:200]!r}")
+    return reply
+
+
 class ServerProcess:
     """A server pinned with taskset, its output in a temp log, stopped with SIGTERM (then SIGKILL)."""
 
@@ -244,6 +291,32 @@ class ServerProcess:
         self._proc = None
         self._log.close()
         os.unlink(self._log.name)
+
+
+def measure_on_server(sample: Sample, argv: Sequence[str], port: int, ready_path: str, args: argparse.Namespace,
+                      run: Callable[[], WrkResult]) -> Sample:
+    """A fresh server pinned to ``args.server_cores``; once ready, ``run`` gives the sample its result.
+
+    A failure of any step becomes ``sample.error``; a server that died meanwhile is reported
+    instead of the symptom it caused, and a figure taken while it was dead is discarded.
+    """
+    try:
+        with ServerProcess(argv, args.server_cores, port, ready_path) as server:
+            try:
+                server.wait_ready(args.ready_timeout)
+                result = run()
+            except (BenchError, OSError):
+                server.check_alive()  # a dead server explains the failure better than its symptom
+                raise
+            server.check_alive()
+            sample.result = result
+    except (BenchError, OSError) as exc:
+        sample.error = str(exc)
+    return sample
+
+
+def report_progress(label: str, round_no: int, rounds: int, config: str, shown: str) -> None:
+    print(f"  [{label}] round {round_no + 1}/{rounds} {config}: {shown}", file=sys.stderr, flush=True)
 
 
 # --- wrk ---------------------------------------------------------------------------------------
@@ -338,6 +411,12 @@ def median_of(samples: Sequence[Sample], config: str) -> dict[str, float] | None
 
 def first_error(samples: Sequence[Sample], config: str) -> str | None:
     return next((s.error for s in samples if s.config == config and s.error), None)
+
+
+def pending_row(samples: Sequence[Sample], config: str, columns: int) -> str:
+    """The table row of a config with no figure: ``pending``, blank cells, and why in the last of ``columns``."""
+    reason = (first_error(samples, config) or "no run")[:160].replace("|", "/")
+    return f"| {config} | pending |{' |' * (columns - 3)} {reason} |"
 
 
 def write_record(kind: str, args: dict[str, object], payload: dict[str, object]) -> Path:

@@ -38,21 +38,23 @@ from pathlib import Path
 from _common import (
     HOST,
     LUA_DIR,
-    BenchError,
     Sample,
-    ServerProcess,
     WrkPlan,
     WrkResult,
-    evserve_command,
-    first_error,
+    add_placement_arguments,
+    check_placement,
+    evserve_argv,
     fmt,
     free_port,
     http_request,
+    measure_on_server,
     median_of,
-    parse_cores,
     parse_wrk,
-    pin_self,
-    require_tools,
+    pending_row,
+    prepare_runner,
+    report_progress,
+    request_ok,
+    runner_parser,
     simple_json_body,
     warm_up,
     write_record,
@@ -177,20 +179,15 @@ class Churn:
 
 
 def server_argv(port: int, repo: Path, threads: int) -> list[str]:
-    return [*evserve_command(), "--threads", str(threads), "--http-port", str(port),
-            "--metrics-port", str(free_port()), "--allow-metrics=false",
+    return [*evserve_argv(port, threads),
             "--model-control-mode", "explicit", "--load-model", "simple", "--model-repository", str(repo)]
 
 
-def run_mode(mode: str, port: int, server: ServerProcess, body_file: Path, args: argparse.Namespace,
-             sample: Sample) -> WrkResult:
+def run_mode(mode: str, port: int, body_file: Path, args: argparse.Namespace, sample: Sample) -> WrkResult:
     """Probe, warm up without churn, then the measured run (with churn for load-unload)."""
     plan = WrkPlan(args.wrk_cores, args.connections, args.duration, args.warmup)
     url, lua, lua_args = f"http://{HOST}:{port}{INFER_PATH}", LUA_DIR / "post_json.lua", (str(body_file),)
-    server.wait_ready(args.ready_timeout)
-    status, reply = http_request(port, "POST", INFER_PATH, body_file.read_bytes())
-    if status != 200:
-        raise BenchError(f"POST {INFER_PATH} → {status}: {reply[:200]!r}")
+    request_ok(port, "POST", INFER_PATH, body_file.read_bytes())
     warm_up(plan, url, lua, lua_args)
     if mode != "load-unload":
         return parse_wrk(wrk_text(plan, plan.duration_s, url, lua, lua_args))
@@ -207,19 +204,8 @@ def measure(mode: str, round_no: int, repo: Path, body_file: Path, args: argpars
     """One fresh server per run, so a model left half-loaded by one run cannot colour the next."""
     sample = Sample(mode, round_no)
     port = free_port()
-    try:
-        with ServerProcess(server_argv(port, repo, args.threads), args.server_cores, port,
-                           "/v2/health/ready") as server:
-            try:
-                result = run_mode(mode, port, server, body_file, args, sample)
-            except (BenchError, OSError):
-                server.check_alive()  # a dead server explains the failure better than its symptom
-                raise
-            server.check_alive()
-            sample.result = result
-    except (BenchError, OSError) as exc:
-        sample.error = str(exc)
-    return sample
+    return measure_on_server(sample, server_argv(port, repo, args.threads), port, "/v2/health/ready", args,
+                             lambda: run_mode(mode, port, body_file, args, sample))
 
 
 def table(samples: Sequence[Sample], args: argparse.Namespace) -> str:
@@ -234,8 +220,7 @@ def table(samples: Sequence[Sample], args: argparse.Namespace) -> str:
     for mode in MODES:
         m = median_of(samples, mode)
         if m is None:
-            reason = (first_error(samples, mode) or "no run")[:160].replace("|", "/")
-            lines.append(f"| {mode} | pending | | | | | | {reason} |")
+            lines.append(pending_row(samples, mode, 8))
             continue
         cycles = [int(s.extra["churn"]["cycles"]) for s in samples if s.config == mode and "churn" in s.extra]
         p50_ratio = fmt(m["p50_ms"] / steady["p50_ms"], 2) if steady else "—"
@@ -248,8 +233,7 @@ def table(samples: Sequence[Sample], args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = runner_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode (default 3)")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="measured seconds per run; several load cycles must fit (default 10)")
@@ -260,24 +244,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finalize-seconds", type=float, default=0.2, help="slow_load finalize time (default 0.2)")
     parser.add_argument("--init-mode", choices=("sleep", "spin"), default="sleep",
                         help="sleep: GIL released while waiting; spin: GIL held (default sleep)")
-    parser.add_argument("--server-cores", default="0", help="taskset cores for the server (default 0)")
-    parser.add_argument("--wrk-cores", default="1", help="taskset cores for wrk and this runner (default 1)")
-    parser.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the server")
+    add_placement_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        args.server_cores = parse_cores(args.server_cores)
-        args.wrk_cores = parse_cores(args.wrk_cores)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if set(args.server_cores) & set(args.wrk_cores):
-        parser.error("--server-cores and --wrk-cores overlap: the load generator would steal the server's core")
+    check_placement(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    require_tools()
-    pin_self(args.wrk_cores)
+    prepare_runner(args)
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="evserve-bench-") as tmp:
         repo = build_repository(Path(tmp), args)
@@ -289,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sample = measure(mode, round_no, repo, body_file, args)
                 shown = f"p50 {sample.result.p50_ms:.2f} ms, p99 {sample.result.p99_ms:.2f} ms" if sample.result \
                     else f"failed: {sample.error}"
-                print(f"  [model-control] round {round_no + 1}/{args.rounds} {mode}: {shown} "
-                      f"{sample.extra.get('churn', '')}", file=sys.stderr, flush=True)
+                churn = sample.extra.get("churn", "")
+                report_progress("model-control", round_no, args.rounds, mode, f"{shown} {churn}")
                 samples.append(sample)
     print(table(samples, args))
     path = write_record("model-control", vars(args), {"samples": samples})

@@ -36,18 +36,21 @@ from _common import (
     LUA_DIR,
     BenchError,
     Sample,
-    ServerProcess,
     WrkPlan,
-    evserve_command,
-    first_error,
+    WrkResult,
+    add_placement_arguments,
+    check_placement,
+    evserve_argv,
     fmt,
     free_port,
-    http_request,
+    measure_on_server,
     median_of,
-    parse_cores,
-    pin_self,
-    require_tools,
+    pending_row,
+    prepare_runner,
+    report_progress,
+    request_ok,
     run_wrk,
+    runner_parser,
     simple_json_body,
     write_record,
 )
@@ -124,9 +127,7 @@ def concrete_shape(dims: Sequence[int], count: int) -> list[int]:
 
 def binary_payload(workdir: Path, model: str, mib: float, port: int) -> Payload:
     """A binary-extension request for ``model``'s first FP32 input, names and rank from its metadata."""
-    status, raw = http_request(port, "GET", f"/v2/models/{model}")
-    if status != 200:
-        raise BenchError(f"GET /v2/models/{model} → {status}: {raw[:200]!r}")
+    raw = request_ok(port, "GET", f"/v2/models/{model}")
     try:
         meta = orjson.loads(raw)
         tensor_in, tensor_out = meta["inputs"][0], meta["outputs"][0]
@@ -156,11 +157,7 @@ def hello_target(json_infer: bool) -> Target:
 
 
 def evserve_target(threads: int) -> Target:
-    def argv(port: int) -> list[str]:
-        return [*evserve_command(), "--threads", str(threads), "--http-port", str(port),
-                "--metrics-port", str(free_port()), "--allow-metrics=false"]
-
-    return Target(f"evserve --threads {threads}", argv, READY_PATH)
+    return Target(f"evserve --threads {threads}", functools.partial(evserve_argv, threads=threads), READY_PATH)
 
 
 def build_scenarios(args: argparse.Namespace, workdir: Path) -> list[Scenario]:
@@ -183,33 +180,20 @@ def build_scenarios(args: argparse.Namespace, workdir: Path) -> list[Scenario]:
 
 # --- running ------------------------------------------------------------------------------------
 
-def probe(port: int, scenario: Scenario, payload: Payload) -> None:
-    """Send the payload once by hand: a wrong request should fail loudly, not become a fast 400 figure."""
-    status, reply = http_request(port, payload.method, scenario.path, payload.body, headers=payload.headers)
-    if status != 200:
-        raise BenchError(f"{payload.method} {scenario.path} → {status}: {reply[:200]!r}")
-
-
 def measure(scenario: Scenario, target: Target, round_no: int, args: argparse.Namespace) -> Sample:
+    """Send the payload once by hand (it must answer 200), then warm up and measure with wrk."""
     sample = Sample(target.name, round_no)
     port = free_port()
     plan = WrkPlan(args.wrk_cores, scenario.connections, args.duration, args.warmup)
-    try:
-        with ServerProcess(target.argv(port), args.server_cores, port, target.ready_path) as server:
-            try:
-                server.wait_ready(args.ready_timeout)
-                payload = scenario.payload(port)
-                probe(port, scenario, payload)
-                result = run_wrk(plan, f"http://{HOST}:{port}{scenario.path}", scenario.lua, payload.lua_args)
-            except (BenchError, OSError):
-                server.check_alive()  # a dead server explains the failure better than its symptom
-                raise
-            server.check_alive()
-            sample.result = result
-            sample.extra["request_bytes"] = len(payload.body or b"")
-    except (BenchError, OSError) as exc:
-        sample.error = str(exc)
-    return sample
+
+    def run() -> WrkResult:
+        payload = scenario.payload(port)
+        request_ok(port, payload.method, scenario.path, payload.body, headers=payload.headers)
+        result = run_wrk(plan, f"http://{HOST}:{port}{scenario.path}", scenario.lua, payload.lua_args)
+        sample.extra["request_bytes"] = len(payload.body or b"")
+        return result
+
+    return measure_on_server(sample, target.argv(port), port, target.ready_path, args, run)
 
 
 def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[Sample]:
@@ -220,8 +204,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> list[Sample]:
         for target in scenario.targets[shift:] + scenario.targets[:shift]:
             sample = measure(scenario, target, round_no, args)
             status = f"{sample.result.requests_per_s:,.0f} req/s" if sample.result else f"failed: {sample.error}"
-            print(f"  [{scenario.name}] round {round_no + 1}/{args.rounds} {target.name}: {status}",
-                  file=sys.stderr, flush=True)
+            report_progress(scenario.name, round_no, args.rounds, target.name, status)
             samples.append(sample)
     return samples
 
@@ -240,8 +223,7 @@ def table(scenario: Scenario, samples: Sequence[Sample]) -> str:
     for target in scenario.targets:
         m = median_of(samples, target.name)
         if m is None:
-            reason = (first_error(samples, target.name) or "no run")[:160].replace("|", "/")
-            lines.append(f"| {target.name} | pending | | | | | | | | {reason} |")
+            lines.append(pending_row(samples, target.name, 10))
             continue
         upload = fmt(m["requests_per_s"] * body_bytes / 2**20, 1) if body_bytes > 4096 else "—"
         rps_ratio = fmt(m["requests_per_s"] / floor["requests_per_s"], 2) if floor else "—"
@@ -255,8 +237,7 @@ def table(scenario: Scenario, samples: Sequence[Sample]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = runner_parser(__doc__)
     parser.add_argument("--scenario", action="append", choices=SCENARIOS,
                         help="repeatable; default: all of " + ", ".join(SCENARIOS))
     parser.add_argument("--threads", default="1,8", help="evserve --threads values, comma-separated (default 1,8)")
@@ -265,28 +246,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="discarded wrk seconds before each run (default 1)")
     parser.add_argument("--connections", type=int, default=0,
                         help="wrk -c for every scenario (default: 64; 8 for infer-binary)")
-    parser.add_argument("--server-cores", default="0", help="taskset cores for the server (default 0)")
-    parser.add_argument("--wrk-cores", default="1", help="taskset cores for wrk and this runner (default 1)")
-    parser.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for a server (default 60)")
+    add_placement_arguments(parser)
     parser.add_argument("--binary-model", default="identity_fp32", help="model for infer-binary")
     parser.add_argument("--binary-mib", type=float, default=1.0, help="FP32 tensor size in MiB (default 1)")
     args = parser.parse_args(argv)
     args.scenario = args.scenario or list(SCENARIOS)
     args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
-    try:
-        args.server_cores = parse_cores(args.server_cores)
-        args.wrk_cores = parse_cores(args.wrk_cores)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if set(args.server_cores) & set(args.wrk_cores):
-        parser.error("--server-cores and --wrk-cores overlap: the load generator would steal the server's core")
+    check_placement(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    require_tools()
-    pin_self(args.wrk_cores)
+    prepare_runner(args)
     report: dict[str, list[Sample]] = {}
     tables: list[str] = []
     with tempfile.TemporaryDirectory(prefix="evserve-bench-") as tmp:

@@ -12,124 +12,30 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from evserve.gpu.file_override import write_file
 from evserve.gpu.model_control import SATURATED
 from evserve.gpu.model_manager import ModelManager
-from evserve.gpu.python_model import ExecRequest
 from evserve.protocol.errors import BadRequest, NotFound, ProtocolError, Unavailable
-from evserve.protocol.types import InferRequest, InferResponse, InputTensor
-
-MODEL_PY = """
-import json
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.tag = params.get("tag", "")
-        self.events = params.get("events")
-        self.exec_sleep = float(params.get("exec_sleep", "0"))
-        self._event("init")
-        time.sleep(float(params.get("init_sleep", "0")))
-        if params.get("init_raise"):
-            raise pb_utils.TritonModelException(params["init_raise"])
-
-    def _event(self, what):
-        if self.events:
-            with open(self.events, "a") as f:
-                f.write(what + " " + self.tag + "\\n")
-
-    def execute(self, requests):
-        time.sleep(self.exec_sleep)
-        tag = np.array([self.tag.encode()], dtype=np.object_)
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()),
-                                        pb_utils.Tensor("TAG", tag)])
-            for r in requests
-        ]
-
-    def finalize(self):
-        self._event("finalize")
-"""
-
-
-def config_json(name: str, **params: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "backend": "python",
-        "max_batch_size": 0,
-        "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [2]}],
-        "output": [
-            {"name": "OUT", "data_type": "TYPE_FP32", "dims": [2]},
-            {"name": "TAG", "data_type": "TYPE_STRING", "dims": [1]},
-        ],
-        "parameters": {key: {"string_value": str(value)} for key, value in params.items()},
-    }
-
-
-def config_pbtxt(name: str, **params: Any) -> str:
-    parameters = "".join(
-        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n' for key, value in params.items()
-    )
-    return f'''name: "{name}"
-backend: "python"
-input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }}, {{ name: "TAG" data_type: TYPE_STRING dims: [ 1 ] }} ]
-{parameters}'''
-
-
-def write_model(repo: Path, name: str, versions: tuple[int, ...] = (1,), **params: Any) -> Path:
-    model_dir = repo / name
-    for version in versions:
-        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
-        (model_dir / str(version) / "model.py").write_text(MODEL_PY)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, **params))
-    return model_dir
-
-
-def submit(manager: ModelManager, name: str) -> queue.Queue[Any]:
-    served = manager.get(name)
-    data = np.array([1.0, 2.0], dtype=np.float32)
-    request = InferRequest(name, served.version_str, inputs=[InputTensor("IN", "FP32", (2,), data)])
-    box: queue.Queue[Any] = queue.Queue()
-    served.submit(ExecRequest(request, box.put))
-    return box
-
-
-def tag_of(result: Any) -> str:
-    assert isinstance(result, InferResponse), result
-    (tag,) = [o for o in result.outputs if o.name == "TAG"]
-    return tag.data.reshape(-1)[0].decode()
-
-
-def infer_tag(manager: ModelManager, name: str) -> str:
-    return tag_of(submit(manager, name).get(timeout=10))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
-def events_of(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+from tests.gpu.model_fixtures import (
+    MODEL_PY,
+    config_json,
+    config_text,
+    events_of,
+    infer_tag,
+    manager_factory,
+    submit,
+    tag_of,
+    wait_for,
+    write_model,
+)
 
 
 class Done:
@@ -151,19 +57,8 @@ class Done:
 
 @pytest.fixture
 def make_manager() -> Iterator[Callable[..., ModelManager]]:
-    made: list[ModelManager] = []
-
-    def make(*repos: Path, **options: Any) -> ModelManager:
-        options.setdefault("control_mode", "explicit")
-        manager = ModelManager([str(r) for r in repos], **options)
-        made.append(manager)
-        manager.start()
-        assert manager.wait_startup(20)
-        return manager
-
-    yield make
-    for manager in made:
-        manager.stop(10)
+    with manager_factory(control_mode="explicit") as make:
+        yield make
 
 
 # ---- the control API -----------------------------------------------------------------------
@@ -280,7 +175,7 @@ def test_reload_is_a_safe_swap(tmp_path: Path, make_manager: Callable[..., Model
     manager = make_manager(tmp_path / "repo", startup_models=["m"])
     in_flight = submit(manager, "m")
     time.sleep(0.05)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt("m", tag="new", init_sleep=0.2, events=events))
+    (model_dir / "config.pbtxt").write_text(config_text("m", tag="new", init_sleep=0.2, events=events))
 
     misses: list[BaseException] = []
     stop = threading.Event()
@@ -320,7 +215,7 @@ def test_reload_of_an_unchanged_model_is_a_no_op(tmp_path: Path, make_manager: C
 def test_failed_reload_keeps_the_old_version_serving(tmp_path: Path, make_manager: Callable[..., ModelManager]) -> None:
     model_dir = write_model(tmp_path, "m", tag="old")
     manager = make_manager(tmp_path, startup_models=["m"])
-    (model_dir / "config.pbtxt").write_text(config_pbtxt("m", tag="new", init_raise="boom"))
+    (model_dir / "config.pbtxt").write_text(config_text("m", tag="new", init_raise="boom"))
     with pytest.raises(BadRequest, match="load failed for model 'm': boom"):
         manager.load("m")
     assert infer_tag(manager, "m") == "old"
@@ -464,10 +359,10 @@ def test_poll_mode_follows_the_repository(tmp_path: Path, make_manager: Callable
     write_model(tmp_path, "b", tag="b1")  # added
     wait_for(lambda: manager.model_ready("b") if "b" in {r["name"] for r in manager.index(True)} else False)
 
-    (model_a / "config.pbtxt").write_text(config_pbtxt("a", tag="a2"))  # changed
+    (model_a / "config.pbtxt").write_text(config_text("a", tag="a2"))  # changed
     wait_for(lambda: infer_tag(manager, "a") == "a2")
 
-    (model_a / "config.pbtxt").write_text(config_pbtxt("a", tag="a3") + "not_a_field: 1\n")  # broken
+    (model_a / "config.pbtxt").write_text(config_text("a", tag="a3") + "not_a_field: 1\n")  # broken
     time.sleep(0.6)
     assert infer_tag(manager, "a") == "a2"
     assert {"name": "a", "version": "1", "state": "READY"} in manager.index()

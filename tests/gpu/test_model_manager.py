@@ -3,7 +3,8 @@
 Every test builds real repositories under tmp_path (config.pbtxt + <version>/model.py) and loads
 them through the real config and python-backend modules, so what is pinned here is what the
 HTTP layer will see. Model behaviour (sleeps, failures, a tag to tell reloads apart, an events
-file recording initialize/finalize) is chosen through config ``parameters``.
+file recording initialize/finalize) is chosen through config ``parameters``; the model and the
+repository helpers live in tests/gpu/model_fixtures.py, shared with the model-control tests.
 """
 
 from __future__ import annotations
@@ -22,119 +23,13 @@ from evserve.gpu.python_model import EXAMPLE_REPOSITORY, ExecRequest
 from evserve.gpu.repository import DUPLICATE_REASON
 from evserve.protocol.errors import BadRequest, NotFound, ProtocolError, Unavailable
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
-
-MODEL_PY = """
-import json
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.tag = params.get("tag", "")
-        self.events = params.get("events")
-        self.exec_sleep = float(params.get("exec_sleep", "0"))
-        self.finalize_sleep = float(params.get("finalize_sleep", "0"))
-        self.log_batches = bool(params.get("log_batches"))
-        self._event("init")
-        time.sleep(float(params.get("init_sleep", "0")))
-        if params.get("init_raise"):
-            raise pb_utils.TritonModelException(params["init_raise"])
-
-    def _event(self, what):
-        if self.events:
-            with open(self.events, "a") as f:
-                f.write(what + " " + self.tag + "\\n")
-
-    def execute(self, requests):
-        if self.log_batches:
-            self._event("batch " + str(len(requests)))
-        time.sleep(self.exec_sleep)
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
-            tag = np.array([self.tag.encode()], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x), pb_utils.Tensor("TAG", tag)]))
-        return responses
-
-    def finalize(self):
-        time.sleep(self.finalize_sleep)
-        self._event("finalize")
-"""
-
-
-def config_text(name: str, backend: str = "python", max_batch_size: int = 0, **params: Any) -> str:
-    parameters = "".join(
-        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n' for key, value in params.items()
-    )
-    return f'''name: "{name}"
-backend: "{backend}"
-max_batch_size: {max_batch_size}
-input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 2 ] }} ]
-output [
-  {{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }},
-  {{ name: "TAG" data_type: TYPE_STRING dims: [ 1 ] }}
-]
-{parameters}'''
-
-
-def write_model(repo: Path, name: str, versions: tuple[int, ...] = (1,), *, extra: str = "", **params: Any) -> Path:
-    model_dir = repo / name
-    for version in versions:
-        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
-        (model_dir / str(version) / "model.py").write_text(MODEL_PY)
-    (model_dir / "config.pbtxt").write_text(config_text(name, **params) + extra)
-    return model_dir
-
-
-def submit(manager: ModelManager, name: str, version: str | None = None) -> queue.Queue[Any]:
-    served = manager.get(name, version)
-    data = np.array([1.0, 2.0], dtype=np.float32)
-    if served.config.max_batch_size > 0:
-        data = data.reshape(1, 2)
-    request = InferRequest(name, served.version_str, inputs=[InputTensor("IN", "FP32", data.shape, data)])
-    box: queue.Queue[Any] = queue.Queue()
-    served.submit(ExecRequest(request, box.put))
-    return box
-
-
-def infer(manager: ModelManager, name: str, version: str | None = None) -> InferResponse:
-    result = submit(manager, name, version).get(timeout=10)
-    assert isinstance(result, InferResponse), result
-    return result
-
-
-def tag_of(response: InferResponse) -> str:
-    (tag,) = [o for o in response.outputs if o.name == "TAG"]
-    return tag.data.reshape(-1)[0].decode()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+from tests.gpu.model_fixtures import config_text, infer, manager_factory, submit, tag_of, wait_for, write_model
 
 
 @pytest.fixture
 def make_manager() -> Iterator[Callable[..., ModelManager]]:
-    made: list[ModelManager] = []
-
-    def make(*repos: Path, start: bool = True, **options: Any) -> ModelManager:
-        manager = ModelManager([str(r) for r in repos], **options)
-        made.append(manager)
-        if start:
-            manager.start()
-            assert manager.wait_startup(20)
-        return manager
-
-    yield make
-    for manager in made:
-        manager.stop(10)
+    with manager_factory() as make:
+        yield make
 
 
 def index_of(manager: ModelManager, ready_only: bool = False) -> dict[str, list[dict[str, Any]]]:

@@ -113,6 +113,24 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def batches_behind_a_blocker(
+    jobs: list[Job], batching: Batching, max_batch_size: int, stats: ModelStats | None = None
+) -> list[int]:
+    """Hold the instance on a one-row job while ``jobs`` queue up, then release it: the batch sizes it ran."""
+    gate = threading.Event()
+    instance = FakeInstance(gate=gate)
+    w = worker(instance, batching=batching, max_batch_size=max_batch_size, stats=stats)
+    w.submit(make_job())
+    assert instance.started.wait(2)
+    for job in jobs:
+        w.submit(job)
+    gate.set()
+    for job in jobs:
+        job.wait()
+    w.stop(2.0)
+    return instance.batches
+
+
 def test_executes_and_completes_each_job_once() -> None:
     w = worker(FakeInstance(), capacity=32)
     jobs = [make_job() for _ in range(20)]
@@ -165,55 +183,22 @@ def test_cancelled_job_is_not_executed() -> None:
 
 
 def test_dynamic_batching_gathers_queued_requests() -> None:
-    gate = threading.Event()
-    instance = FakeInstance(gate=gate)
-    w = worker(instance, batching=Batching(), max_batch_size=8)
-    w.submit(make_job())
-    assert instance.started.wait(2)
     jobs = [make_job() for _ in range(5)]
-    for job in jobs:
-        w.submit(job)
-    gate.set()
-    for job in jobs:
-        job.wait()
-    w.stop(2.0)
-    assert instance.batches == [1, 5]
+    assert batches_behind_a_blocker(jobs, Batching(), max_batch_size=8) == [1, 5]
 
 
 def test_batch_respects_max_batch_size_in_rows() -> None:
-    gate = threading.Event()
-    instance = FakeInstance(gate=gate)
     stats = ModelStats()
-    w = worker(instance, batching=Batching(), max_batch_size=4, stats=stats)
-    w.submit(make_job(rows=1))
-    assert instance.started.wait(2)
     jobs = [make_job(rows=3) for _ in range(3)]
-    for job in jobs:
-        w.submit(job)
-    gate.set()
-    for job in jobs:
-        job.wait()
-    w.stop(2.0)
-    assert instance.batches == [1, 1, 1, 1]
+    assert batches_behind_a_blocker(jobs, Batching(), max_batch_size=4, stats=stats) == [1, 1, 1, 1]
     snapshot = stats.snapshot()
     assert snapshot["inference_count"] == 10
     assert {b["batch_size"]: b["compute_infer"]["count"] for b in snapshot["batch_stats"]} == {1: 1, 3: 3}
 
 
 def test_preferred_batch_size_is_cut_from_a_larger_queue() -> None:
-    gate = threading.Event()
-    instance = FakeInstance(gate=gate)
-    w = worker(instance, batching=Batching(preferred_batch_sizes=(4,)), max_batch_size=8)
-    w.submit(make_job())
-    assert instance.started.wait(2)
     jobs = [make_job() for _ in range(6)]
-    for job in jobs:
-        w.submit(job)
-    gate.set()
-    for job in jobs:
-        job.wait()
-    w.stop(2.0)
-    assert instance.batches == [1, 4, 2]
+    assert batches_behind_a_blocker(jobs, Batching(preferred_batch_sizes=(4,)), max_batch_size=8) == [1, 4, 2]
 
 
 def test_queue_delay_waits_for_more_requests() -> None:

@@ -7,32 +7,18 @@ keeps working when the queue under test is wedged (the broken variant below wedg
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 
 import pytest
-import uvloop
 
 from evserve.server.defer import DeferClosed, DeferQueue
 
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-
-LOOP_FACTORIES: dict[str, LoopFactory] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-# Generous: a correct queue answers in microseconds; this only bounds a hang.
-WAIT = 10.0
-
-
-@pytest.fixture(params=sorted(LOOP_FACTORIES))
-def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
-    return LOOP_FACTORIES[request.param]
+# loop_factory_fixture is imported for pytest, which registers it here as the ``loop_factory`` fixture.
+from tests.server.loops import WAIT, LoopFactory, loop_factory_fixture  # noqa: F401
 
 
 class QueueOnLoop:

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import uvloop
@@ -17,19 +17,8 @@ from evserve.server import loop_thread as loop_thread_module
 from evserve.server.defer import DeferClosed
 from evserve.server.loop_thread import LoopThread, OwnershipError, current_loop_thread
 
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-
-LOOP_FACTORIES: dict[str, LoopFactory] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-WAIT = 10.0
-
-
-@pytest.fixture(params=sorted(LOOP_FACTORIES))
-def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
-    return LOOP_FACTORIES[request.param]
+# loop_factory_fixture is imported for pytest, which registers it here as the ``loop_factory`` fixture.
+from tests.server.loops import WAIT, LoopFactory, loop_factory_fixture  # noqa: F401
 
 
 @pytest.fixture
