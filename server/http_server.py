@@ -167,6 +167,9 @@ class HTTPServer:
                     if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                         continue
                     raise
+                if not self._accepting:
+                    sock.close()  # stop() has begun: refuse, even what was already queued
+                    continue
                 self._assign(sock)
         listener.close()
 
@@ -260,6 +263,11 @@ class HTTPServer:
         loop.call_later(period, tick)
 
     # ------------------------------------------------------------------ observing
+
+    @property
+    def accepting(self) -> bool:
+        """False from the moment stop() begins: new connections are refused from then on."""
+        return self._accepting
 
     def live_connections(self) -> int:
         with self._conn_lock:

@@ -36,6 +36,14 @@ class Stopper:
         return self.took
 
 
+def wait_until_refusing(server: ProbeServer) -> None:
+    """stop() runs on another thread: connections made before it flips the flag may be served."""
+    deadline = time.monotonic() + 2.0
+    while server.accepting and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not server.accepting
+
+
 def refused_within(port: int, seconds: float) -> None:
     """A new connection must be refused (or reset unanswered) within ``seconds``."""
     deadline = time.monotonic() + seconds
@@ -62,6 +70,7 @@ def test_stop_drains_in_flight_refuses_new_and_closes_idle(make_server: ServerFa
         busy.send(get("/slow?ms=1000&id=busy"))
         server.wait_arrivals(2)
         stopper = Stopper(server, timeout=10)
+        wait_until_refusing(server)
         refused_within(server.port, 1.0)
         # The idle keep-alive connection is closed at once, long before the slow reply.
         assert idle.read_until_close(timeout=0.8) == b""
