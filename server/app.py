@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from evserve.gpu.model_manager import ModelManager
 from evserve.server.api_server import HTTPAPIServer
@@ -62,11 +63,13 @@ class Server:
             log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
 
     def stop(self) -> None:
+        """Everything shares one deadline: the process is gone within --exit-timeout-secs."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        deadline = time.monotonic() + self.config.exit_timeout
         self.api.exiting = True
         self.api.stop(self.config.exit_timeout)
         if self.metrics is not None:
-            self.metrics.stop(1.0)
-        self.manager.stop(self.config.exit_timeout)
+            self.metrics.stop(max(0.0, min(1.0, deadline - time.monotonic())))
+        self.manager.stop(max(0.0, deadline - time.monotonic()))

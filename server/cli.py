@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -169,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("evserve: --allow-http=false leaves nothing to serve", file=sys.stderr)
         return 2
 
+    for repository in config.model_repositories:
+        if not os.path.isdir(repository):
+            print(f"evserve: model repository '{repository}' does not exist or is not a directory", file=sys.stderr)
+            return 1
+
     from evserve.server.app import Server
 
     stop = threading.Event()
@@ -179,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
     except AddressInUse as exc:
         print(f"evserve: cannot listen: {exc.strerror}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an address that does not resolve, or one this host does not have
+        print(f"evserve: cannot listen on {config.http_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     status = 0
     if config.exit_on_error:

@@ -48,6 +48,28 @@ class Limits:
     # Unparsed bytes kept while a connection is paused; reading pauses above it.
     read_high_water: int = 256 * 1024
 
+    def __post_init__(self) -> None:
+        # A zero here leaves a server that refuses every request (or never answers one).
+        for name in _COUNTS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)} must be greater than 0")
+        for name in _SECONDS:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{_flag(name)} must be greater than 0")
+
+
+_COUNTS = (
+    "max_request_line", "max_header_field", "max_header_block", "max_headers", "max_input_size", "max_chunks",
+    "max_requests_per_connection", "max_connections", "max_pipelined_requests", "read_high_water",
+)
+_SECONDS = ("head_timeout", "body_timeout", "keepalive_timeout", "send_timeout")
+# Limits fields whose CLI flag is not simply --http-<field>.
+_FLAGS = {"max_header_block": "--http-max-header-size"}
+
+
+def _flag(field_name: str) -> str:
+    return _FLAGS.get(field_name, "--http-" + field_name.replace("_", "-"))
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -86,8 +108,6 @@ class Config:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError("--http-thread-count must be at least 1")
-        if self.limits.max_input_size <= 0:
-            raise ValueError("--http-max-input-size must be greater than 0")
         if self.model_control_mode not in ("none", "explicit", "poll"):
             mode = self.model_control_mode
             raise ValueError(f"invalid --model-control-mode '{mode}': expected none, explicit or poll")
@@ -97,6 +117,12 @@ class Config:
             raise ValueError("--load-model=* must be the only --load-model")
         if self.model_load_thread_count < 1:
             raise ValueError("--model-load-thread-count must be at least 1")
+        if self.max_queue_size < 1:
+            raise ValueError("--max-queue-size must be at least 1")
+        if self.exit_timeout < 0:
+            raise ValueError("--exit-timeout-secs must not be negative")
+        if self.model_control_mode == "poll" and self.repository_poll_secs <= 0:
+            raise ValueError("--repository-poll-secs must be greater than 0 in poll mode")
         for port in (self.http_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise ValueError(f"invalid port {port}")
