@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.paths import METHODS, Endpoint, Route, match
 from evserve.server.config import Config
-from evserve.server.connection import Request, Response
+from evserve.server.exchange import Request, Response
 from evserve.server.http_server import HTTPServer
 from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool

@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evserve.server.config import Limits
-from evserve.server.connection import HttpConnection, Request, Response
+from evserve.server.connection import HttpConnection
+from evserve.server.exchange import Request, Response
 from evserve.server.loop_thread import LoopThread
 
 log = logging.getLogger("evserve.error")

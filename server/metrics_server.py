@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from evserve.protocol.prometheus import CONTENT_TYPE, Family, render
 from evserve.server.config import Config
-from evserve.server.connection import Request, Response
+from evserve.server.exchange import Request, Response
 from evserve.server.http_server import HTTPServer, ThreadStats
 
 if TYPE_CHECKING:

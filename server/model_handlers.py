@@ -23,7 +23,7 @@ from evserve.protocol.infer_codec import decode_infer_request, encode_infer_resp
 from evserve.protocol.paths import Route
 from evserve.protocol.types import InferRequest, InferResponse
 from evserve.server.config import Config
-from evserve.server.connection import Request, Response, Ticket
+from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
 

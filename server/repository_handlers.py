@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from evserve.protocol.errors import BadRequest, ProtocolError
 from evserve.protocol.paths import Route
-from evserve.server.connection import Request, Response, Ticket
+from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.responses import empty_reply, error_reply, json_reply, parse_json_body
 
 if TYPE_CHECKING:

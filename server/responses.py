@@ -8,7 +8,7 @@ import orjson
 
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.json_codec import loads
-from evserve.server.connection import Response
+from evserve.server.exchange import Response
 
 JSON = [("Content-Type", "application/json")]
 

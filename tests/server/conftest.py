@@ -31,7 +31,8 @@ import pytest
 
 import evserve.server.loop_thread as loop_thread
 from evserve.server.config import Limits
-from evserve.server.connection import HttpConnection, Request, Response, Ticket
+from evserve.server.connection import HttpConnection
+from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.http_server import HTTPServer
 from evserve.server.loop_thread import LoopThread
 from tests.wire import Client

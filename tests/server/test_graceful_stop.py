@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from evserve.server.connection import Response
+from evserve.server.exchange import Response
 from tests.server.conftest import ProbeServer, ServerFactory
 from tests.wire import Client, get
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from evserve.server.config import Limits
-from evserve.server.connection import Response
+from evserve.server.exchange import Response
 from tests.server.conftest import ONE_READ, PARSE_AHEAD_SLACK, ProbeServer, ServerFactory
 from tests.wire import Client, get
 

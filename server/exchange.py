@@ -1,0 +1,134 @@
+"""The hand-off contract between the HTTP layer and the rest of evserve: Request, Response, Ticket.
+
+A handler receives a :class:`Request` on the loop thread that owns its connection. It either
+returns a :class:`Response` at once, or calls :meth:`Request.pause` and hands the returned
+:class:`Ticket` to another thread; whatever that thread does, the ticket's methods defer the
+reply back to the owning loop, which alone writes to the connection. This is Triton's
+InferRequestClass plus evthr_defer, without the off-loop buffer writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from evserve.protocol.errors import error_body
+from evserve.server.defer import DeferClosed
+
+if TYPE_CHECKING:
+    from evserve.server.connection import HttpConnection
+    from evserve.server.loop_thread import LoopThread
+
+
+class Response:
+    """A complete reply: status, headers and body buffers (written with one writelines)."""
+
+    __slots__ = ("status", "headers", "buffers", "close")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        buffers: list[bytes | memoryview] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else []
+        self.buffers = buffers if buffers is not None else []
+        self.close = close
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        return cls(status, [("Content-Type", "application/json"), *headers], [error_body(message)])
+
+    @property
+    def body_length(self) -> int:
+        return sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in self.buffers)
+
+
+class Request:
+    """One parsed request. Owned by its connection's loop thread until paused."""
+
+    __slots__ = ("method", "path", "query", "version", "headers", "body", "keep_alive", "_conn", "_seq")
+
+    def __init__(self, conn: HttpConnection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self.method = ""
+        self.path = ""
+        self.query = ""
+        self.version = "1.1"
+        # Lower-cased names, values as sent (latin-1), in arrival order.
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.keep_alive = True
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_count(self, name: str) -> int:
+        return sum(1 for key, _ in self.headers if key == name)
+
+    @property
+    def owner(self) -> LoopThread:
+        return self._conn.owner
+
+    def pause(self) -> Ticket:
+        """Pause this request's connection and return the ticket that will answer it.
+
+        Call on the owning loop thread, from the handler; then return None from the handler.
+        """
+        return self._conn._pause(self)
+
+
+class Ticket:
+    """The hand-off of a paused request to another thread (Triton's InferRequestClass).
+
+    Every method may be called from any thread. Each one defers onto the owning loop, so the
+    reply is written by the thread that owns the connection, in the order the calls were
+    made. A ticket whose client has gone away reports ``cancelled()``; its reply is dropped.
+    """
+
+    __slots__ = ("_conn", "_seq", "_cancelled", "_finished")
+
+    def __init__(self, conn: HttpConnection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self._cancelled = False
+        self._finished = False
+
+    @property
+    def owner(self) -> LoopThread:
+        return self._conn.owner
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def finish(self, response: Response) -> None:
+        """Send the complete reply and resume the connection."""
+        self._defer(self._conn._finish_ticket, self, response)
+
+    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Start a chunked reply (for streams such as SSE); follow with send() and end()."""
+        self._defer(self._conn._stream_start, self, status, headers)
+
+    def send(self, data: bytes) -> None:
+        self._defer(self._conn._stream_chunk, self, data)
+
+    def end(self) -> None:
+        self._defer(self._conn._stream_end, self)
+
+    def _defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._conn.owner.defer(fn, *args)
+        except DeferClosed:
+            # The loop has stopped: its connections are gone, so there is no one to answer.
+            self._cancelled = True
+
+
+Handler = Callable[[Request], "Response | None"]
