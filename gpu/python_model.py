@@ -318,7 +318,8 @@ class _Reply:
         self.request = pb_utils.InferenceRequest._received(
             request_id=request.id,
             correlation_id=_correlation_id(request.parameters),
-            inputs=[pb_utils.Tensor._wrap(t.name, t.data, t.datatype) for t in request.inputs],
+            inputs=[pb_utils.Tensor._wrap(t.name, instance.model_view(t.name, t.data), t.datatype)
+                    for t in request.inputs],
             requested_output_names=self.requested,
             model_name=request.model_name,
             model_version=_version_number(request.model_version),
@@ -425,6 +426,16 @@ def _plain_bytes(item: Any) -> bytes:
     return str(item).encode("utf-8")
 
 
+def _reshapes(entries: Any, key: str) -> dict[str, tuple[int, ...]]:
+    return {entry["name"]: tuple(entry[key]["shape"]) for entry in entries if key in entry}
+
+
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.ndarray:
+    """``array`` in ``shape`` (after its batch dimension when the model batches)."""
+    target = (array.shape[0], *shape) if batched and array.ndim else shape
+    return array.reshape(target)
+
+
 def _output_tensor(tensor: pb_utils.Tensor) -> OutputTensor:
     array = tensor._array
     if not tensor.is_cpu():
@@ -444,6 +455,15 @@ class PythonModelInstance:
         self.version = version
         self.decoupled = bool(config.decoupled)
         self.output_names = frozenset(entry["name"] for entry in config.raw.get("output", ()))
+        # Config `reshape`: the model sees inputs in the reshaped form and returns outputs in it;
+        # the client sends and receives `dims` (Triton's rule). The batch dimension is kept.
+        self._batched = config.max_batch_size > 0
+        self._input_shapes = _reshapes(config.raw.get("input", ()), "reshape")
+        self._output_dims = {
+            name: tuple(entry["dims"])
+            for name, entry in ((e["name"], e) for e in config.raw.get("output", ()))
+            if "reshape" in entry
+        }
         self._warned_outputs: set[str] = set()
         self._runner: _AsyncRunner | None = None
 
@@ -543,6 +563,18 @@ class PythonModelInstance:
             500,
         )
 
+    # -- reshape ---------------------------------------------------------------------------------
+
+    def model_view(self, name: str, array: np.ndarray) -> np.ndarray:
+        """An input as the model sees it: reshaped when its config says so (a view, no copy)."""
+        shape = self._input_shapes.get(name)
+        return array if shape is None else _reshaped(array, shape, self._batched)
+
+    def client_view(self, name: str, array: np.ndarray) -> np.ndarray:
+        """An output as the client sees it: back to the config's dims when it has a reshape."""
+        dims = self._output_dims.get(name)
+        return array if dims is None else _reshaped(array, dims, self._batched)
+
     # -- responses ------------------------------------------------------------------------------
 
     def convert(
@@ -553,7 +585,7 @@ class PythonModelInstance:
         if error is not None:
             return ProtocolError(error.message(), status_of_code(error.code()))
         try:
-            outputs = [_output_tensor(tensor) for tensor in self._kept_outputs(response, requested)]
+            outputs = [self._client_output(tensor) for tensor in self._kept_outputs(response, requested)]
         except Exception as exc:
             return ProtocolError(
                 f"Failed to process the response of model instance '{self.name}': {type(exc).__name__}: {exc}", 500
@@ -565,6 +597,13 @@ class PythonModelInstance:
             outputs=outputs,
             parameters=dict(response._parameters),
         )
+
+    def _client_output(self, tensor: pb_utils.Tensor) -> OutputTensor:
+        output = _output_tensor(tensor)
+        if output.name in self._output_dims:
+            output.data = self.client_view(output.name, output.data)
+            output.shape = tuple(output.data.shape)
+        return output
 
     def _kept_outputs(self, response: pb_utils.InferenceResponse, requested: frozenset[str]) -> list[pb_utils.Tensor]:
         """Triton drops outputs nobody requested; undeclared ones are dropped too, with a warning."""
