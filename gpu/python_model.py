@@ -10,11 +10,10 @@ Importing model files. Triton imports ``model.py`` as ``<version>.model`` with t
 model directories appended to ``sys.path``, one model per process. Here many models share one
 process, so each version is imported under a unique package ``evserve_models.<name>_v<version>_<n>``
 whose ``__path__`` is the version directory: relative imports (``from . import helper``) stay
-private to the model. Plain sibling imports (``import helper``) are resolved with the version
-directory first on ``sys.path`` while ``model.py`` executes, and the sibling modules are then
-taken out of ``sys.modules`` again, so two models that both ship ``helper.py`` each get their
-own. The price: a plain ``import helper`` deferred until ``initialize``/``execute`` time is not
-resolved from the version directory (use a module-level or relative import).
+private to the model, and plain sibling imports (``import helper``, at module level or inside
+``initialize``/``execute``) are mapped to the same private copy by a per-model ``__import__``
+(:func:`_model_builtins`), so two models that both ship ``helper.py`` each get their own and
+``sys.path`` is never touched.
 
 Completion contract. Every :class:`ExecRequest` is completed exactly once, whatever the model
 does: raises, returns the wrong thing, sends through the response sender, or does nothing.
@@ -23,8 +22,8 @@ does: raises, returns the wrong thing, sends through the response sender, or doe
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
-import contextlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -54,7 +53,7 @@ EXAMPLE_REPOSITORY = str(Path(__file__).resolve().parent / "example_repository")
 
 _PACKAGE_ROOT = "evserve_models"
 _MODEL_FILE = "model.py"
-_import_lock = threading.Lock()
+_import_lock = threading.RLock()  # re-entered when model.py imports its siblings
 _import_counter = itertools.count(1)
 
 # Request parameters Triton consumes itself; they never reach request.parameters().
@@ -145,20 +144,52 @@ def _is_sibling(module_name: str, siblings: set[str]) -> bool:
     return module_name.partition(".")[0] in siblings
 
 
-def _exec_isolated(module: types.ModuleType, spec: importlib.machinery.ModuleSpec, version_dir: str) -> None:
-    """Execute model.py with its siblings importable, leaving no sibling in sys.modules after."""
-    siblings = _sibling_names(version_dir)
-    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if _is_sibling(name, siblings)}
-    sys.path.insert(0, version_dir)
-    try:
-        assert spec.loader is not None
-        spec.loader.exec_module(module)
-    finally:
-        with contextlib.suppress(ValueError):  # model.py may have edited sys.path itself
-            sys.path.remove(version_dir)
-        for name in [name for name in sys.modules if _is_sibling(name, siblings)]:
-            del sys.modules[name]
-        sys.modules.update(hidden)
+def _model_builtins(package: str, siblings: set[str]) -> dict[str, Any]:
+    """Builtins for a model's own modules: ``import helper`` finds the model's ``helper.py``.
+
+    Triton runs one model per process with the version directory on ``sys.path``. Here many
+    models share a process, so instead of ``sys.path`` every module of a model gets an
+    ``__import__`` that maps the names of its sibling files to ``<package>.<name>``, its
+    private copy. It applies for the model's whole life, so imports inside ``initialize`` or
+    ``execute`` resolve the same way as imports at the top of ``model.py``.
+    """
+    table = dict(vars(builtins))
+    real_import = builtins.__import__
+
+    def model_import(
+        name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+    ) -> types.ModuleType:
+        top = name.partition(".")[0]
+        if level != 0 or top not in siblings:
+            return real_import(name, globals, locals, fromlist, level)
+        module = _import_sibling(f"{package}.{name}", table)
+        return module if fromlist else sys.modules[f"{package}.{top}"]
+
+    table["__import__"] = model_import
+    return table
+
+
+def _import_sibling(full_name: str, table: dict[str, Any]) -> types.ModuleType:
+    """Import ``<package>.<sibling>[.<sub>]``, giving each newly executed module the model's builtins."""
+    parent, _, _ = full_name.rpartition(".")
+    if parent and parent not in sys.modules:
+        _import_sibling(parent, table)
+    with _import_lock:
+        module = sys.modules.get(full_name)
+        if module is not None:
+            return module
+        spec = importlib.util.find_spec(full_name)
+        if spec is None or spec.loader is None:
+            raise ModuleNotFoundError(f"No module named '{full_name.rpartition('.')[2]}'", name=full_name)
+        module = importlib.util.module_from_spec(spec)
+        module.__dict__["__builtins__"] = table
+        sys.modules[full_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[full_name]
+            raise
+        return module
 
 
 def _drop_modules(prefix: str) -> None:
@@ -205,10 +236,11 @@ class PythonModel:
     @staticmethod
     def _exec_model_file(package: str, path: str, version_dir: str) -> types.ModuleType:
         spec = importlib.util.spec_from_file_location(f"{package}.model", path)
-        assert spec is not None
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        module.__dict__["__builtins__"] = _model_builtins(package, _sibling_names(version_dir))
         sys.modules[spec.name] = module
-        _exec_isolated(module, spec, version_dir)
+        spec.loader.exec_module(module)
         return module
 
     def auto_complete(self, cfg: dict[str, Any]) -> dict[str, Any]:

@@ -165,6 +165,33 @@ def test_models_with_the_same_file_names_do_not_collide(tmp_path: Path) -> None:
     assert model_b.package + ".model" in sys.modules
 
 
+LAZY_SIBLING_USER = """
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import helper
+        self.base = helper.VALUE
+
+    def execute(self, requests):
+        from helper import chained
+        value = self.base + chained()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN")
+                .as_numpy() * 0 + value)]) for r in requests]
+"""
+
+
+def test_sibling_imports_inside_initialize_and_execute(tmp_path: Path) -> None:
+    """Triton keeps the version folder importable for the model's whole life, not only at import time."""
+    files = {"helper.py": "import other\nVALUE = 1\ndef chained():\n    return other.VALUE", "other.py": "VALUE = 100"}
+    model_dir = write_model(tmp_path, "lazy", LAZY_SIBLING_USER, files=files)
+    model = PythonModel.import_version(model_dir, "lazy", 1)
+    instance = model.create_instance(make_config("lazy"), 1, "CPU", 0, model.model_dir)
+    assert response_of(run(instance, infer_request([0.0]))[0]).outputs[0].data.tolist() == [101.0]
+    assert "helper" not in sys.modules and "other" not in sys.modules
+    assert model.package + ".other" in sys.modules
+
+
 def test_sibling_packages_are_importable(tmp_path: Path) -> None:
     source = """
     from tools.values import VALUE
