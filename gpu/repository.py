@@ -9,10 +9,13 @@ rules follow Triton's model repository manager (core ``model_repository_manager.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+_log = logging.getLogger(__name__)
 
 DUPLICATE_REASON = "model appears in two or more repositories"
 CONFIG_FILE = "config.pbtxt"
@@ -44,36 +47,56 @@ def is_valid_model_name(name: str) -> bool:
     return bool(_MODEL_NAME.fullmatch(name)) and name not in (".", "..")
 
 
-def _model_dirs(repository: str) -> Iterator[os.DirEntry[str]]:
+def _model_dirs(repository: str, unreadable: dict[str, str]) -> Iterator[os.DirEntry[str]]:
+    """The model folders of one repository; entries that cannot be read go to ``unreadable``.
+
+    One broken entry (a symlink loop, a folder without permission) must not hide the others.
+    """
     with os.scandir(repository) as entries:
         for entry in entries:
-            if entry.name.startswith(".") or not is_valid_model_name(entry.name):
+            if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
-                yield entry
+            try:
+                is_dir = entry.is_dir()
+            except OSError as exc:
+                if is_valid_model_name(entry.name):
+                    unreadable[entry.name] = f"cannot read '{entry.path}': {exc.strerror or exc}"
+                continue
+            if not is_dir:
+                continue
+            if not is_valid_model_name(entry.name):
+                _log.warning("skipping %r in %s: not a valid model name ([A-Za-z0-9_.-]{1,128})", entry.name,
+                             repository)
+                continue
+            yield entry
 
 
 def scan_repositories(paths: Iterable[str]) -> tuple[dict[str, ModelSource], dict[str, str]]:
     """Every model of every repository, and the names that cannot be served with the reason why.
 
     A model is a subdirectory of a repository; files, hidden directories and directories whose
-    names fail :func:`is_valid_model_name` are skipped. A name found in two repositories is
+    names fail :func:`is_valid_model_name` are skipped (with a warning). An entry that cannot be
+    read is unservable with the error as its reason. A name found in two repositories is
     served from neither (Triton's rule) and is returned in the second mapping with the reason
     ``model appears in two or more repositories``. The same directory listed twice counts once.
     Raises ``OSError`` when a repository cannot be listed.
     """
     found: dict[str, list[ModelSource]] = {}
+    unreadable: dict[str, str] = {}
     seen_repositories: set[str] = set()
     for repository in paths:
         real = os.path.realpath(repository)
         if real in seen_repositories:
             continue
         seen_repositories.add(real)
-        for entry in _model_dirs(repository):
+        for entry in _model_dirs(repository, unreadable):
             source = ModelSource(entry.name, os.path.join(repository, entry.name), repository)
             found.setdefault(entry.name, []).append(source)
     models = {name: sources[0] for name, sources in found.items() if len(sources) == 1}
     unavailable = {name: DUPLICATE_REASON for name, sources in found.items() if len(sources) > 1}
+    for name, reason in unreadable.items():
+        if name not in found:
+            unavailable[name] = reason
     return models, unavailable
 
 

@@ -207,3 +207,11 @@ def test_fingerprint_survives_symlink_loops_and_missing_dirs(tmp_path: Path) -> 
     (model / "dangling").symlink_to(tmp_path / "nowhere")
     assert len(fingerprint(str(model))) == 32
     assert fingerprint(str(tmp_path / "missing")) != fingerprint(str(model))
+
+
+def test_an_unreadable_entry_does_not_hide_the_other_models(tmp_path: Path) -> None:
+    (tmp_path / "good").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    models, unavailable = scan_repositories([str(tmp_path)])
+    assert set(models) == {"good"}
+    assert "loop" in unavailable and "cannot read" in unavailable["loop"]
