@@ -304,10 +304,23 @@ class ModelManager:
         self._control.submit(lambda: self._load(name, config_text, files), done)
 
     def submit_unload(self, name: str, unload_dependents: bool, done: Done) -> None:
-        """Like :meth:`submit_load`; ``done`` fires after the model is drained and finalized."""
+        """Like :meth:`submit_load`, but ``done`` fires as soon as the unload has started.
+
+        That is Triton's reply: the model already refuses new requests (UNLOADING); draining
+        and ``finalize()`` go on in the background and keep their control slot until they end,
+        so the concurrency limit still counts them.
+        """
         self._require_control()
         dependents = validate_unload_dependents(unload_dependents)
-        self._control.submit(lambda: self.unload(name, dependents), done)
+        replied = False
+
+        def reply_once(error: ProtocolError | None) -> None:
+            nonlocal replied  # both calls come from the same control thread, in order
+            if not replied:
+                replied = True
+                done(error)
+
+        self._control.submit(lambda: self.unload(name, dependents, started=lambda: reply_once(None)), reply_once)
 
     def _require_control(self) -> None:
         if self.control_mode != "explicit":
@@ -321,11 +334,11 @@ class ModelManager:
         config_text, files = split_load_parameters(name, parameters)
         self._load(name, config_text, files)
 
-    def unload(self, name: str, unload_dependents: bool = False) -> None:
+    def unload(self, name: str, unload_dependents: bool = False, started: Callable[[], None] | None = None) -> None:
         """Blocking unload: UNLOADING, drain in-flight (bounded), finalize, UNAVAILABLE "unloaded".
 
-        Unloading a model that is not loaded succeeds. There are no ensembles, so
-        ``unload_dependents`` has nothing more to unload.
+        ``started`` is called once the model refuses new requests. Unloading a model that is not
+        loaded succeeds. There are no ensembles, so ``unload_dependents`` has nothing more to unload.
         """
         slot = self._slots.get(name)
         if slot is None:
@@ -339,6 +352,10 @@ class ModelManager:
                 self._publish(name, ModelRecord(name, {
                     v.version: VersionState(v.version, UNLOADING) for v in served
                 }))
+                for version in served:
+                    version.close()  # new requests to it are refused from here on
+            if started is not None:
+                started()
             errors = retire(name, served, slot.override_dir, self.unload_timeout)
             slot.served, slot.override_dir, slot.fingerprint = {}, None, None
             numbers = [v.version for v in served] or (list(record.versions) if record is not None else [])

@@ -7,6 +7,9 @@ keep-alive connections opened before the loads and from connections opened durin
 each must answer in under 200 ms. A fourth control request beyond
 ``--model-load-thread-count`` gets 503 at once, and every accepted load succeeds.
 
+An unload replies as soon as it has started (Triton's rule), so for unloads "in flight" means
+the models are still UNLOADING, finalizing on the control executor, while the probes run.
+
 The same scenario against the server's synchronous path (``--sync-model-control``, which
 runs the work on the loop thread as Triton does) must show the stall: that proves this test
 can fail.
@@ -134,7 +137,13 @@ def _control_storm(server: EvserveProcess, action: str) -> dict[str, object]:
     latencies = _probe_all(before)
     after = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(4)]
     latencies += _probe_all(after)
-    in_flight = all(thread.is_alive() for thread in threads)
+    if action == "load":
+        # A load replies when the model is ready, so the requests themselves are still open.
+        in_flight = all(thread.is_alive() for thread in threads)
+    else:
+        # An unload replies once it has started (Triton's rule); finalize is still running.
+        states = _index_states(port)
+        in_flight = all(states[name] == "UNLOADING" for name in SLOW_MODELS)
     for thread in threads:
         thread.join(60)
     for conn in (*before, *after, extra):
@@ -182,6 +191,9 @@ def test_model_control_never_starves_loop_threads(repository: Path) -> None:
         assert max(unloads["latencies"]) < PROBE_LIMIT_S, unloads["latencies"]
         assert unloads["extra_status"] == 503 and unloads["extra_elapsed"] < PROBE_LIMIT_S, unloads
         assert unloads["results"] == {name: 200 for name in SLOW_MODELS}
+        deadline = time.monotonic() + 2 * SLEEP_S
+        while time.monotonic() < deadline and set(_index_states(server.port).values()) & {"UNLOADING"}:
+            time.sleep(0.1)
         states = _index_states(server.port)
         assert all(states[name] == "UNAVAILABLE" for name in SLOW_MODELS), states
 
