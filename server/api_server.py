@@ -71,7 +71,7 @@ class HTTPAPIServer(HTTPServer):
         # Two threads: decoding releases the GIL in zlib and NumPy; 64 jobs bound the memory held.
         self.offload = OffloadPool(threads=2, capacity=64)
         models = ModelHandlers(manager, config, self.offload)
-        repository = RepositoryHandlers(manager, sync_control=config.sync_model_control)
+        repository = RepositoryHandlers(manager, self.offload, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
             Endpoint.HEALTH_LIVE: self._health_live,
             Endpoint.HEALTH_READY: self._health_ready,

@@ -2,8 +2,9 @@
 
 Inference follows Triton's path: the body is decompressed, decoded and validated here on
 the loop thread, the connection is paused, and the job goes into the model's bounded queue
-(full → 503 at once). Bodies whose decoding would take long (compressed, or large JSON) are
-paused first and decoded on the offload pool, so a loop thread never stalls on them. The
+(full → 503 at once). Compressed bodies and large JSON heads are paused first and decoded
+on the offload pool instead, so the loop thread's other connections are not kept waiting on
+zlib or a long parse (the GIL still serialises pure-Python work; see offload.py). The
 worker runs ``execute`` and encodes the reply (JSON head plus tensor buffers, compressed if
 asked) on its own thread; the ticket defers the finished reply to the loop thread that owns
 the connection.
@@ -24,7 +25,7 @@ from evserve.protocol.paths import Route
 from evserve.protocol.types import InferRequest, InferResponse
 from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
-from evserve.server.offload import OffloadPool
+from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
 
 if TYPE_CHECKING:
@@ -45,9 +46,6 @@ def read_labels(config: ModelConfig, output: str) -> list[str]:
     return _read_label_file(path) if path else []
 
 DECOUPLED_ON_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
-# Bodies over this size are decoded on the offload pool when they are compressed or mostly JSON;
-# below it decoding costs well under a millisecond and stays on the loop thread.
-HEAVY_BODY = 256 * 1024
 
 
 def is_msgpack(request: Request) -> bool:
@@ -142,7 +140,8 @@ class _InferBody:
         self.msgpack = is_msgpack(request)
         self.accept_encoding = request.header("accept-encoding")
         compressed = encoding is not None and encoding.strip().lower() not in ("", "identity")
-        self.heavy = len(self.data) > HEAVY_BODY and (compressed or self._head_length() > HEAVY_BODY)
+        # A compressed body may inflate to --http-max-input-size whatever its size on the wire.
+        self.heavy = compressed or self._head_length() > HEAVY_BODY
 
     def _head_length(self) -> int:
         """Bytes of JSON (or msgpack) to parse: the header part of a binary body, else all of it."""

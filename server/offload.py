@@ -2,7 +2,11 @@
 
 A loop thread that inflates a 64 MiB gzip body or parses megabytes of JSON stalls every
 connection it owns. Such requests are paused and their decoding runs here instead; the
-reply still goes back through the ticket to the owning loop. The pool is bounded in both
+reply still goes back through the ticket to the owning loop. What this buys is bounded by the
+GIL: zlib and NumPy copies release it and run beside the loops, but orjson's parse and the
+list-to-array conversion of a huge JSON tensor hold it, so they still slow every thread down
+while they run (they no longer block one loop's connections for their whole duration). The
+binary tensor extension avoids that work altogether. The pool is bounded in both
 threads and waiting jobs: when it is full the caller is told at once (503), as everywhere
 else in evserve, rather than queuing without limit.
 """
@@ -18,6 +22,10 @@ from typing import Any
 from evserve.protocol.errors import Unavailable
 
 log = logging.getLogger("evserve.error")
+
+# A JSON body larger than this is parsed on the pool; below it a parse costs well under a
+# millisecond and stays on the loop thread.
+HEAVY_BODY = 256 * 1024
 
 
 class OffloadPool:

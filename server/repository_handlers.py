@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from evserve.protocol.errors import BadRequest, ProtocolError
 from evserve.protocol.paths import Route
 from evserve.server.exchange import Request, Response, Ticket
+from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply, parse_json_body
 
 if TYPE_CHECKING:
@@ -40,52 +41,78 @@ def _reply_when_done(ticket: Ticket) -> Callable[[ProtocolError | None], None]:
 
 
 class RepositoryHandlers:
-    def __init__(self, manager: ModelManager, *, sync_control: bool = False) -> None:
+    """Each request is answered through its ticket; a body over HEAVY_BODY (a load carrying
+    ``file:`` contents, say) is parsed on the offload pool rather than on the loop thread."""
+
+    def __init__(self, manager: ModelManager, offload: OffloadPool, *, sync_control: bool = False) -> None:
         self.manager = manager
+        self.offload = offload
         self.sync_control = sync_control
 
-    def index(self, request: Request, route: Route) -> Response:
-        body = parse_json_body(request.body)
-        ready_only = False
-        if isinstance(body, dict) and "ready" in body:
-            ready_only = body["ready"]
-            if not isinstance(ready_only, bool):
-                raise BadRequest("Invalid value for 'ready': expected a boolean")
-        elif body is not None and not isinstance(body, dict):
-            raise BadRequest("Invalid value for 'ready': expected a boolean")
-        return json_reply(self.manager.index(ready_only))
+    def index(self, request: Request, route: Route) -> Response | None:
+        return self._answer(request, self._index, request.body)
 
     def load(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
-        params = _parameters(parse_json_body(request.body))
-        return self._control(request, self.manager.load, self.manager.submit_load, route.model, params)
+        return self._answer(request, self._load, route.model, request.body)
 
     def unload(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
-        params = _parameters(parse_json_body(request.body))
-        dependents = params.get("unload_dependents", False)
-        if not isinstance(dependents, bool):
-            raise BadRequest(f"Unable to parse 'unload_dependents': expected a boolean, got {dependents!r}")
-        return self._control(request, self.manager.unload, self.manager.submit_unload, route.model, dependents)
-
-    def _control(
-        self,
-        request: Request,
-        blocking: Callable[[str, Any], None],
-        submit: Callable[[str, Any, Callable[[ProtocolError | None], None]], None],
-        model: str,
-        argument: Any,
-    ) -> Response | None:
-        """Pause, hand the operation to the control executor, reply through the ticket when done."""
-        if self.sync_control:
-            blocking(model, argument)
-            return empty_reply()
-        ticket = request.pause()
-        try:
-            submit(model, argument, _reply_when_done(ticket))
-        except ProtocolError as exc:
-            ticket.finish(error_reply(exc))
-        return None
+        return self._answer(request, self._unload, route.model, request.body)
 
     def named_control(self, request: Request, route: Route) -> Response:
         return Response.error(501, "'repository_name' specification is not supported")
+
+    # ------------------------------------------------------------------ the work
+
+    def _index(self, ticket: Ticket, body: bytearray) -> Response:
+        document = parse_json_body(body)
+        ready_only = False
+        if isinstance(document, dict) and "ready" in document:
+            ready_only = document["ready"]
+            if not isinstance(ready_only, bool):
+                raise BadRequest("Invalid value for 'ready': expected a boolean")
+        elif document is not None and not isinstance(document, dict):
+            raise BadRequest("Invalid value for 'ready': expected a boolean")
+        return json_reply(self.manager.index(ready_only))
+
+    def _load(self, ticket: Ticket, model: str, body: bytearray) -> Response | None:
+        params = _parameters(parse_json_body(body))
+        if self.sync_control:
+            self.manager.load(model, params)
+            return empty_reply()
+        self.manager.submit_load(model, params, _reply_when_done(ticket))
+        return None
+
+    def _unload(self, ticket: Ticket, model: str, body: bytearray) -> Response | None:
+        dependents = _parameters(parse_json_body(body)).get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise BadRequest(f"Unable to parse 'unload_dependents': expected a boolean, got {dependents!r}")
+        if self.sync_control:
+            self.manager.unload(model, dependents)
+            return empty_reply()
+        self.manager.submit_unload(model, dependents, _reply_when_done(ticket))
+        return None
+
+    # ------------------------------------------------------------------ where it runs
+
+    def _answer(self, request: Request, work: Callable[..., Response | None], *args: Any) -> None:
+        """Pause, then run ``work(ticket, *args)`` here or on the offload pool for a large body."""
+        ticket = request.pause()
+        if len(request.body) <= HEAVY_BODY:
+            _run(ticket, work, args)
+            return
+        try:
+            self.offload.submit(_run, ticket, work, args)
+        except ProtocolError as exc:
+            ticket.finish(error_reply(exc))
+
+
+def _run(ticket: Ticket, work: Callable[..., Response | None], args: tuple[Any, ...]) -> None:
+    """Run ``work``; a Response (or error) answers the ticket now, None means ``done`` will."""
+    try:
+        response = work(ticket, *args)
+    except ProtocolError as exc:
+        response = error_reply(exc)
+    if response is not None:
+        ticket.finish(response)

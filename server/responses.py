@@ -26,8 +26,8 @@ def error_reply(exc: ProtocolError) -> Response:
     return Response.error(exc.status, exc.message, exc.headers)
 
 
-def parse_json_body(body: bytes | bytearray | memoryview) -> Any:
+def parse_json_body(body: bytes | bytearray) -> Any:
     """An optional JSON body (tritonclient posts empty bodies): None when empty, else the object."""
-    if not body or not bytes(body).strip():
+    if not body or body.isspace():  # isspace scans without copying the body
         return None
     return loads(body)

@@ -122,6 +122,16 @@ def test_index_ready_filter(setup: Setup) -> None:
     assert "never_loaded" in index(setup.port, {"ready": False})
 
 
+@pytest.mark.parametrize("body", [b'{"ready": true}' + b" " * 400_000, b'{"ready": "x"' + b" " * 400_000 + b"}"])
+def test_large_repository_bodies_are_answered_from_the_offload_pool(setup: Setup, body: bytes) -> None:
+    """Bodies over 256 KiB are parsed off the loop thread; the answer is the same."""
+    reply = call(setup.port, "POST", "/v2/repository/index", body)
+    if b'"x"' in body:
+        assert (reply.status, reply.error) == (400, "Invalid value for 'ready': expected a boolean")
+    else:
+        assert reply.status == 200 and all(row["state"] == "READY" for row in reply.json())
+
+
 @pytest.mark.parametrize("payload", [{"ready": "yes"}, {"ready": 1}, {"ready": None}], ids=["str", "int", "null"])
 def test_index_ready_must_be_a_boolean(setup: Setup, payload: dict) -> None:
     reply = post_json(setup.port, "/v2/repository/index", payload)
