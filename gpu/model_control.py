@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from evserve.gpu.file_override import FILE_PREFIX
+from evserve.gpu.repository import is_valid_model_name
 from evserve.protocol.errors import BadRequest, ProtocolError, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def validate_load_name(name: str) -> None:
         raise BadRequest("Model name cannot be empty or contain only whitespace")
     if name in (".", "..") or any(c in name for c in "/\\\0"):
         raise BadRequest("model name must not contain path traversal characters")
+    if not is_valid_model_name(name):
+        # The repository scanner would never list such a name; a file: load must not create one.
+        raise BadRequest(f"invalid model name '{name}': use letters, digits, '_', '.' and '-' (at most 128)")
 
 
 def split_load_parameters(name: str, parameters: Any) -> tuple[str | None, dict[str, str]]:

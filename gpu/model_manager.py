@@ -272,10 +272,12 @@ class ModelManager:
             return [v for _, record in sorted(records.items()) for v in record.ready_versions()]
         record = records.get(name)
         found = record.ready_versions() if record is not None else []
-        if version:
-            found = [v for v in found if v.version_str == version]
         if not found:
             raise BadRequest(f"requested model '{name}' is not available")
+        if version:
+            found = [v for v in found if v.version_str == version]
+            if not found:
+                raise BadRequest(f"requested model version is not available for model '{name}'")
         return found
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from evserve.server.responses import empty_reply, error_reply, json_reply
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 # Extensions evserve implements, in Triton's order (metadata `extensions`).
 EXTENSIONS = (

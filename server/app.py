@@ -18,7 +18,7 @@ from evserve.server.api_server import HTTPAPIServer
 from evserve.server.config import Config
 from evserve.server.metrics_server import HTTPMetricsServer
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 
 def default_repository() -> str:

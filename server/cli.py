@@ -20,7 +20,7 @@ from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(http, "--threads", "--http-thread-count", dest="threads", type=int, default=8,
           help="loop threads serving HTTP (default 8)")
     _flag(http, "--http-port", type=int, default=8000, help="HTTP API port (default 8000; 0 picks a free port)")
-    _flag(http, "--http-address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    _flag(http, "--http-address", type=address, default="0.0.0.0",
+          help="address to bind (default 0.0.0.0; IPv6 as ::1 or Triton's ipv6:[::1])")
     _bool_flag(http, "--reuse-http-port", False, "set SO_REUSEPORT so several servers can share the port")
     _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = parser.add_argument_group("metrics")
     _bool_flag(metrics, "--allow-metrics", True, "serve Prometheus metrics (default true)")
     _flag(metrics, "--metrics-port", type=int, default=8002, help="metrics port (default 8002)")
-    _flag(metrics, "--metrics-address", default=None, help="default: --http-address")
+    _flag(metrics, "--metrics-address", type=address, default=None, help="default: --http-address")
 
     models = parser.add_argument_group("models")
     _flag(models, "--model-repository", "--model-store", dest="model_repository", action="append", default=[],
@@ -113,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs = parser.add_argument_group("logging")
     _flag(logs, "--log-verbose", type=int, default=0, help="verbosity level (0 = info)")
     return parser
+
+
+def address(text: str) -> str:
+    """An address to bind; Triton's ``ipv6:[::1]`` spelling is accepted beside plain ``::1``."""
+    if text.startswith("ipv6:"):
+        text = text[5:]
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return text
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

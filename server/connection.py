@@ -35,18 +35,17 @@ from typing import TYPE_CHECKING
 import httptools
 
 from evserve.protocol.http import CONTINUE_100, LAST_CHUNK, chunk, response_head
+from evserve.server import log as server_log
 from evserve.server.exchange import Handler, Request, Response, Ticket
 
 if TYPE_CHECKING:
     from evserve.server.config import Limits
     from evserve.server.loop_thread import LoopThread
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 # Feeding the parser in slices bounds how many pipelined requests one read can produce.
 _SLICE = 4096
-# While inside a chunked body larger slices are fine: only one request is in the slice.
-_BODY_SLICE = 64 * 1024
 # Per-chunk framing that is not an extension: up to 16 hex digits and two CRLFs.
 _CHUNK_FRAMING = 20
 # tcpi_state values (linux/tcp.h): the peer reset (CLOSE) or sent its FIN (CLOSE_WAIT).
@@ -244,10 +243,10 @@ class HttpConnection(asyncio.Protocol):
                 return
 
     def _slice_size(self) -> int:
-        if self.phase is Phase.BODY:
-            if self._body_remaining is not None:
-                return self._body_remaining + _SLICE
-            return _BODY_SLICE
+        if self.phase is Phase.BODY and self._body_remaining is not None:
+            return self._body_remaining + _SLICE
+        # Chunked bodies go in small slices too: the chunk-extension check allows one slice of
+        # slack (it may hold the next request's bytes), so the slice bounds the overshoot.
         return _SLICE
 
     def _reject_after_queue(self, reject: _Reject | None) -> None:
@@ -364,7 +363,7 @@ class HttpConnection(asyncio.Protocol):
     def _check_extensions(self) -> None:
         framing = self._body_fed - self._body_got
         # Tolerance of one slice: the slice being fed may hold bytes of the next request.
-        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * (self._chunks + 1) + _BODY_SLICE:
+        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * (self._chunks + 1) + _SLICE:
             raise _Reject(400, "Bad Request: chunk extensions are too large")
 
     def on_message_complete(self) -> None:
@@ -486,6 +485,8 @@ class HttpConnection(asyncio.Protocol):
             transport.write(head)
         else:
             transport.writelines([head, *response.buffers])
+        if server_log.ACCESS_LOG and req is not None:
+            server_log.log_access(req.method, req.path, req.version, response.status, response.body_length)
         self._served += 1
         self._restart_clocks()
         if not keep_alive:

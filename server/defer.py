@@ -58,7 +58,7 @@ from typing import Any
 
 __all__ = ["DeferClosed", "DeferQueue", "DeferStatistics"]
 
-logger = logging.getLogger("evserve.error")
+logger = logging.getLogger("evserve.server")
 
 # The drain buffer: with coalescing one byte is normally pending, and the tiny socket buffers can never
 # hold this much.

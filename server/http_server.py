@@ -38,7 +38,7 @@ from evserve.server.connection import HttpConnection
 from evserve.server.exchange import Request, Response
 from evserve.server.loop_thread import LoopThread
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 _BUSY_REPLY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 47\r\n"

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
     from evserve.gpu.model_state import ModelVersion
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,6 +85,9 @@ class ModelHandlers:
         version = self.manager.get(route.model, route.version)
         if version.config.decoupled:
             return Response.error(501, DECOUPLED_ON_INFER)
+        for name in ("inference-header-content-length", "content-encoding"):
+            if request.header_count(name) > 1:
+                return Response.error(400, f"more than one {name} header")
         body = _InferBody(request)
         if body.heavy:
             # Decompression or a large JSON parse would stall this loop's other connections.

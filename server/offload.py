@@ -21,7 +21,7 @@ from typing import Any
 
 from evserve.protocol.errors import Unavailable
 
-log = logging.getLogger("evserve.error")
+log = logging.getLogger("evserve.server")
 
 # A JSON body larger than this is parsed on the pool; below it a parse costs well under a
 # millisecond and stays on the loop thread.

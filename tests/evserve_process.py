@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,11 @@ def http_status(port: int, method: str, path: str, body: bytes | None = None, ti
         conn.close()
 
 
+# One folder for every server log of this test run, removed when the run ends.
+_LOG_DIR = tempfile.mkdtemp(prefix="evserve-test-logs-")
+atexit.register(shutil.rmtree, _LOG_DIR, True)
+
+
 class EvserveProcess:
     """``evserve`` started as a subprocess on free ports, with ownership checks turned on."""
 
@@ -36,7 +43,7 @@ class EvserveProcess:
         self.metrics_port = free_port()
         self.args = list(args)
         self.env = {**os.environ, "EVSERVE_DEBUG": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log = tempfile.NamedTemporaryFile(prefix="evserve-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="evserve-", suffix=".log", delete=False, dir=_LOG_DIR)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

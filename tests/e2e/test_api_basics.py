@@ -10,6 +10,7 @@ shared by the module: the default one (two loop threads) and a small-limit one n
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import re
 import zlib
@@ -299,3 +300,26 @@ def test_still_healthy_after_everything(server: EvserveProcess, small: EvservePr
         assert proc.proc is not None and proc.proc.poll() is None
         assert call(proc.port, "GET", "/v2/health/ready").status == 200
         assert simple_infer(proc.port).json()["outputs"][0]["data"] == SIMPLE_SUM
+
+
+def test_stats_of_an_unknown_version_say_which(server: EvserveProcess) -> None:
+    reply = call(server.port, "GET", "/v2/models/simple/versions/9/stats")
+    assert (reply.status, reply.error) == (400, "requested model version is not available for model 'simple'")
+    reply = call(server.port, "GET", "/v2/models/nope/stats")
+    assert (reply.status, reply.error) == (400, "requested model 'nope' is not available")
+
+
+@pytest.mark.parametrize("header", ["Inference-Header-Content-Length", "Content-Encoding"])
+def test_a_repeated_framing_header_is_400(server: EvserveProcess, header: str) -> None:
+    body = b'{"inputs": []}'
+    value = str(len(body)) if header.startswith("Inference") else "identity"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", "/v2/models/simple/infer")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.putheader(header, value)
+    conn.putheader(header, value)
+    conn.endheaders(body)
+    response = conn.getresponse()
+    assert response.status == 400
+    assert header.lower() in json.loads(response.read())["error"]
+    conn.close()

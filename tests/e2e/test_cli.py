@@ -343,3 +343,11 @@ def _infer_ignoring_errors(port: int, model: str) -> None:
         identity_infer(port, model, [1.0])
     except OSError:
         pass
+
+
+@pytest.mark.parametrize(("given", "bound"), [("0.0.0.0", "0.0.0.0"), ("::1", "::1"), ("ipv6:[::1]", "::1"),
+                                              ("[::1]", "::1")])
+def test_addresses_take_tritons_ipv6_spelling(given: str, bound: str) -> None:
+    from evserve.server.cli import address
+
+    assert address(given) == bound

@@ -103,6 +103,9 @@ def test_load_failures_reach_done_with_their_status(tmp_path: Path, make_manager
         ("../x", "model name must not contain path traversal characters"),
         ("a/b", "model name must not contain path traversal characters"),
         ("a\\b", "model name must not contain path traversal characters"),
+        ("sp ace", "invalid model name"),
+        ("x" * 129, "invalid model name"),
+        ("%2e%2e%2fx", "invalid model name"),
     ],
 )
 def test_load_name_validation(

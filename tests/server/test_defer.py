@@ -57,7 +57,7 @@ class QueueOnLoop:
 
 @pytest.fixture
 def error_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[logging.LogRecord]]:
-    """Collect what "evserve.error" logs, without letting it propagate.
+    """Collect what "evserve.server" logs, without letting it propagate.
 
     The errors are the point of the test that uses this, so tests/server/conftest.py's clean-run
     check (which fails a test on any logged error) must not see them.
@@ -68,7 +68,7 @@ def error_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[logging.LogRecor
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    logger = logging.getLogger("evserve.error")
+    logger = logging.getLogger("evserve.server")
     handler = ListHandler(logging.ERROR)
     logger.addHandler(handler)
     monkeypatch.setattr(logger, "propagate", False)
