@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from evserve.gpu import device
-from evserve.gpu.model_config import ModelConfig, ModelConfigError, complete_config, read_config
+from evserve.gpu.model_config import DynamicBatching, ModelConfig, ModelConfigError, complete_config, read_config
 from evserve.gpu.model_state import ModelVersion
 from evserve.gpu.pb_utils import TritonModelException
 from evserve.gpu.python_model import PythonModel, PythonModelError
@@ -107,6 +107,8 @@ class ModelLoader:
         """Initialise every instance of one version and start its workers."""
         stats = ModelStats()
         batching = config.dynamic_batching
+        if batching is not None:
+            _warn_unenforced(name, batching)
         capacity = self.queue_capacity
         if batching is not None and batching.max_queue_size > 0:
             capacity = min(capacity, batching.max_queue_size)
@@ -139,6 +141,18 @@ def placements(config: ModelConfig) -> list[tuple[str, int, str]]:
             devices = [(device.KIND_CPU, 0)] * group.count
         result += [(kind, device_id, f"{group.name}_{i}") for i, (kind, device_id) in enumerate(devices)]
     return result
+
+
+def _warn_unenforced(name: str, batching: DynamicBatching) -> None:
+    """Say so when a config asks for dynamic-batching features this engine does not enforce yet."""
+    ignored = []
+    if batching.priority_levels:
+        ignored.append("priority_levels")
+    if batching.default_timeout_us or batching.priority_queue_policies:
+        ignored.append("queue-policy timeouts")
+    if ignored:
+        _log.warning("model '%s': dynamic_batching %s are not enforced; requests are served in arrival order",
+                     name, " and ".join(ignored))
 
 
 def retire(name: str, versions: list[ModelVersion], override_dir: str | None, timeout: float) -> list[str]:
