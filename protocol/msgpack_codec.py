@@ -41,7 +41,17 @@ def unpack(buf: bytes | bytearray | memoryview) -> Any:
         # more than the buffer holds.
         return msgpack.unpackb(buf, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many kinds (ValueError, TypeError, StackError...) for bad input
-        raise BadRequest(f"failed to parse the request msgpack buffer: {type(exc).__name__}: {exc}") from None
+        # Some of them carry no text (FormatError, StackError): name what they mean instead.
+        detail = str(exc) or _MEANING.get(type(exc).__name__, "invalid msgpack data")
+        raise BadRequest(f"failed to parse the request msgpack buffer: {type(exc).__name__}: {detail}") from None
+
+
+_MEANING = {
+    "FormatError": "the bytes are not valid msgpack",
+    "StackError": "the data is nested too deeply",
+    "ExtraData": "unexpected bytes after the msgpack object",
+    "OutOfData": "the msgpack object is truncated",
+}
 
 
 def _bin_header(length: int) -> bytes:
