@@ -280,12 +280,16 @@ class ModelManager:
                 raise BadRequest(f"requested model version is not available for model '{name}'")
         return found
 
+    def refresh(self) -> None:
+        """Rescan the repositories now (disk I/O: never call it on a loop thread)."""
+        self._rescan()
+
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """The repository index: every model on disk or known, sorted by name then version.
 
-        Reads the last repository scan; when that is older than a second a rescan is started in
-        the background (disk I/O never runs here), so a model added on disk shows up on the next
-        call.
+        Reads the last repository scan (call :meth:`refresh` first, off the loop thread, for an
+        up-to-date one); when that is older than a second a rescan is also started in the
+        background.
         """
         if time.monotonic() - self._scanned_at > INDEX_RESCAN_SECS:
             self._rescan_in_background()

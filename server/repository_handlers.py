@@ -50,7 +50,9 @@ class RepositoryHandlers:
         self.sync_control = sync_control
 
     def index(self, request: Request, route: Route) -> Response | None:
-        return self._answer(request, self._index, request.body)
+        # The repositories are rescanned for every index (a model just added on disk is listed at
+        # once); that is disk I/O, so it always runs on the offload pool.
+        return self._answer(request, self._index, request.body, off_loop=True)
 
     def load(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
@@ -74,6 +76,7 @@ class RepositoryHandlers:
                 raise BadRequest("Invalid value for 'ready': expected a boolean")
         elif document is not None and not isinstance(document, dict):
             raise BadRequest("Invalid value for 'ready': expected a boolean")
+        self.manager.refresh()
         return json_reply(self.manager.index(ready_only))
 
     def _load(self, ticket: Ticket, model: str, body: bytearray) -> Response | None:
@@ -96,10 +99,13 @@ class RepositoryHandlers:
 
     # ------------------------------------------------------------------ where it runs
 
-    def _answer(self, request: Request, work: Callable[..., Response | None], *args: Any) -> None:
-        """Pause, then run ``work(ticket, *args)`` here or on the offload pool for a large body."""
+    def _answer(
+        self, request: Request, work: Callable[..., Response | None], *args: Any, off_loop: bool = False
+    ) -> None:
+        """Pause, then run ``work(ticket, *args)`` here, or on the offload pool for a large body
+        or when ``off_loop`` says the work itself is slow."""
         ticket = request.pause()
-        if len(request.body) <= HEAVY_BODY:
+        if not off_loop and len(request.body) <= HEAVY_BODY:
             _run(ticket, work, args)
             return
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,3 +406,10 @@ def test_real_client_sees_503_outside_explicit_mode(none_mode: EvserveProcess) -
     with httpclient.InferenceServerClient(none_mode.url) as c, pytest.raises(InferenceServerException) as info:
         c.load_model("simple")
     assert info.value.status() == "503"
+
+
+def test_a_model_added_on_disk_is_listed_by_the_next_index(setup: Setup) -> None:
+    copy_simple(setup.repository, "just_added")
+    assert index(setup.port)["just_added"] == {"name": "just_added"}
+    shutil.rmtree(setup.repository / "just_added")
+    assert "just_added" not in index(setup.port)
