@@ -382,6 +382,10 @@ class HttpConnection(asyncio.Protocol):
         raw = bytes(self._url)
         path, _, query = raw.partition(b"?")
         path, _, _ = path.partition(b"#")
+        if path[:7].lower() == b"http://":
+            # Absolute form (RFC 9112 §3.2.2): servers must accept it; the path starts after the authority.
+            slash = path.find(b"/", 7)
+            path = path[slash:] if slash >= 0 else b"/"
         # llhttp has refused raw non-ASCII and control bytes in the target already.
         req.path = path.decode("ascii", "replace")
         req.query = query.decode("ascii", "replace")

@@ -196,3 +196,10 @@ def test_the_ownership_checks_can_fail(server: ProbeServer) -> None:
     OWNERSHIP.record(owner, "write")
     assert len(OWNERSHIP.violations) == 1
     OWNERSHIP.violations.clear()
+
+
+def test_absolute_form_target_is_served(server: ProbeServer, connect) -> None:
+    """RFC 9112 §3.2.2: a server must accept the absolute form and route on its path."""
+    client = connect(server)
+    client.send(b"GET http://example.test/echo?x=1 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    assert client.read_reply().status == 200
