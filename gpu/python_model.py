@@ -53,6 +53,8 @@ EXAMPLE_REPOSITORY = str(Path(__file__).resolve().parent / "example_repository")
 
 _PACKAGE_ROOT = "evserve_models"
 _MODEL_FILE = "model.py"
+# Triton's bound on a model's is_ready() when model-ready asks.
+READY_TIMEOUT = 5.0
 _import_lock = threading.RLock()  # re-entered when model.py imports its siblings
 _import_counter = itertools.count(1)
 
@@ -497,6 +499,8 @@ class PythonModelInstance:
             if "reshape" in entry
         }
         self._warned_outputs: set[str] = set()
+        self._ready_lock = threading.Lock()
+        self._ready_future: concurrent.futures.Future[bool] | None = None
         self._runner: _AsyncRunner | None = None
 
     # -- execute ------------------------------------------------------------------------------
@@ -654,6 +658,40 @@ class PythonModelInstance:
         return kept
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def has_readiness_check(self) -> bool:
+        return getattr(self.model, "is_ready", None) is not None
+
+    def check_ready(self, timeout: float = READY_TIMEOUT) -> bool:
+        """The model's ``is_ready()`` as model-ready uses it: shared in-flight call, bounded wait.
+
+        Triton calls it with a 5 s timeout and lets concurrent checks share one call; a check that
+        raises, returns a non-bool or runs past the timeout means "not ready". The call runs on its
+        own daemon thread, so one that never returns holds that thread and nothing else.
+        """
+        if not self.has_readiness_check:
+            return True
+        with self._ready_lock:
+            future = self._ready_future
+            if future is None or future.done():
+                future = concurrent.futures.Future()
+                self._ready_future = future
+                threading.Thread(target=self._run_is_ready, args=(future,), daemon=True,
+                                 name=f"{self.name}-is_ready").start()
+        try:
+            return bool(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            _log.warning("model '%s': is_ready() did not answer within %.0f s", self.model_name, timeout)
+        except Exception as exc:
+            _log.warning("model '%s': is_ready() failed: %s: %s", self.model_name, type(exc).__name__, exc)
+        return False
+
+    def _run_is_ready(self, future: concurrent.futures.Future[bool]) -> None:
+        try:
+            future.set_result(self.is_ready())
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def is_ready(self) -> bool:
         """The model's own ``is_ready()`` (sync or async); True when it has none."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from evserve.gpu.model_config import ModelConfig
 from evserve.gpu.python_model import ExecRequest
@@ -63,13 +63,21 @@ class ModelHandlers:
         assert route.model is not None
         return json_reply(self.manager.metadata(route.model, route.version))
 
-    def ready(self, request: Request, route: Route) -> Response:
+    def ready(self, request: Request, route: Route) -> Response | None:
+        """READY state, then the model's own is_ready() (if it has one) off the loop thread."""
         assert route.model is not None
+        if not self.manager.model_ready(route.model, route.version):
+            return Response.error(400, "Model version not ready")
+        instances = [w.instance for w in self.manager.get(route.model, route.version).workers]
+        checks = [i for i in instances if getattr(i, "has_readiness_check", False)]
+        if not checks:
+            return empty_reply()
+        ticket = request.pause()
         try:
-            ready = self.manager.model_ready(route.model, route.version)
+            self.offload.submit(_answer_readiness, ticket, checks)
         except ProtocolError as exc:
-            return error_reply(exc)
-        return empty_reply() if ready else Response.error(400, "Model version not ready")
+            ticket.finish(error_reply(exc))
+        return None
 
     def config(self, request: Request, route: Route) -> Response:
         assert route.model is not None
@@ -128,6 +136,11 @@ class ModelHandlers:
             version.submit(job)
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
+
+
+def _answer_readiness(ticket: Ticket, instances: list[Any]) -> None:
+    ready = all(instance.check_ready() for instance in instances)
+    ticket.finish(empty_reply() if ready else Response.error(400, "Model version not ready"))
 
 
 class _InferBody:
