@@ -17,7 +17,8 @@ type and element-count errors); evserve answers 400, as PROTOCOL.md Appendix B d
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from evserve.protocol import json_codec, msgpack_codec
 from evserve.protocol.binary_codec import HEADER_LENGTH_NAME, array_from_bytes, raw_request_input
@@ -171,21 +172,28 @@ def _object_parameters(entry: dict[str, Any], what: str) -> dict[str, Any]:
     return params
 
 
-def _input_plans(document: dict[str, Any]) -> list[InputPlan]:
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list):
-        raise BadRequest("Unable to parse 'inputs'")
-    plans: list[InputPlan] = []
+_Named = TypeVar("_Named", InputPlan, RequestedOutput)
+
+
+def _named_entries(entries: Any, what: str, build: Callable[[dict[str, Any]], _Named]) -> list[_Named]:
+    """The ``inputs`` or ``outputs`` array: objects, each built, names unique (Triton's texts)."""
+    if not isinstance(entries, list):
+        raise BadRequest(f"Unable to parse '{what}s'")
+    built: list[_Named] = []
     seen: set[str] = set()
-    for entry in inputs:
+    for entry in entries:
         if not isinstance(entry, dict):
-            raise BadRequest("Unable to parse 'inputs': each input must be an object")
-        plan = _input_plan(entry)
-        if plan.name in seen:
-            raise BadRequest(f"input '{plan.name}' already exists in request")
-        seen.add(plan.name)
-        plans.append(plan)
-    return plans
+            raise BadRequest(f"Unable to parse '{what}s': each {what} must be an object")
+        item = build(entry)
+        if item.name in seen:
+            raise BadRequest(f"{what} '{item.name}' already exists in request")
+        seen.add(item.name)
+        built.append(item)
+    return built
+
+
+def _input_plans(document: dict[str, Any]) -> list[InputPlan]:
+    return _named_entries(document.get("inputs"), "input", _input_plan)
 
 
 def _input_plan(entry: dict[str, Any]) -> InputPlan:
@@ -226,19 +234,7 @@ def _requested_outputs(document: dict[str, Any], signature: ModelSignature) -> l
     """The ``outputs`` array; None (all outputs) when it is absent or empty."""
     if "outputs" not in document:
         return None
-    entries = document["outputs"]
-    if not isinstance(entries, list):
-        raise BadRequest("Unable to parse 'outputs'")
-    outputs: list[RequestedOutput] = []
-    seen: set[str] = set()
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise BadRequest("Unable to parse 'outputs': each output must be an object")
-        output = _requested_output(entry)
-        if output.name in seen:
-            raise BadRequest(f"output '{output.name}' already exists in request")
-        seen.add(output.name)
-        outputs.append(output)
+    outputs = _named_entries(document["outputs"], "output", _requested_output)
     check_outputs([output.name for output in outputs], signature)
     return outputs or None
 
