@@ -1,6 +1,6 @@
 """Cross-thread wake-up micro-benchmark: does DeferQueue earn its place over ``call_soon_threadsafe``?
 
-STYLE.md section 4 keeps the coalesced DeferQueue only while it at least matches uvloop's
+evserve keeps the coalesced DeferQueue only while it at least matches uvloop's
 ``call_soon_threadsafe``; this script is where that is decided. Four ways to run a callback on a loop
 thread from another thread are compared:
 

@@ -58,7 +58,7 @@ def gpu_available() -> bool:
 
 
 def backend_name() -> str:
-    """"cupy" when tensors can live on a GPU here, else "numpy" (reported in logs and metadata)."""
+    """"cupy" when tensors can live on a GPU here, else "numpy" (the server logs it at start)."""
     return "cupy" if gpu_available() else "numpy"
 
 

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from evserve.gpu.config_schema import new_model_config, schema
 from evserve.gpu.repository import available_versions, config_path, read_config_text
+from evserve.protocol.datatypes import CONFIG_TYPES, config_to_protocol
 from evserve.protocol.types import ModelSignature, TensorSpec
 
 PYTHON_BACKEND = "python"
@@ -40,25 +41,6 @@ PYTHON_MODEL_FILENAME = "model.py"
 SEQUENCE_IDLE_DEFAULT_US = 1_000_000
 WILDCARD_DIM = -1
 _TENSORRT_PLATFORM = "tensorrt_plan"
-
-# Config data types → protocol datatype names. Kept here rather than shared so that this module
-# depends on nothing but protobuf and the request types.
-CONFIG_TO_PROTOCOL = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
-    "TYPE_BF16": "BF16",
-}
 
 _INT64_TYPES = frozenset(
     {
@@ -489,7 +471,7 @@ def _validate_io_shape(io: Any, kind: str, field: str, max_batch_size: int, sour
         raise _fail(source, f"{field}.name", f"model {kind} must specify 'name'")
     label = f"model {kind} '{io.name}'"
     data_types = schema().DataType
-    if io.data_type not in data_types.values() or data_types.Name(io.data_type) not in CONFIG_TO_PROTOCOL:
+    if io.data_type not in data_types.values() or data_types.Name(io.data_type) not in CONFIG_TYPES:
         raise _fail(source, f"{field}.data_type", f"{label} must specify a valid 'data_type'")
     if not io.dims:
         raise _fail(source, f"{field}.dims", f"{label} must specify 'dims'")
@@ -625,7 +607,7 @@ def _tensor_spec(io: dict, *, is_input: bool) -> TensorSpec:
     reshape = io.get("reshape")
     return TensorSpec(
         name=io["name"],
-        datatype=CONFIG_TO_PROTOCOL[io["data_type"]],
+        datatype=config_to_protocol(io["data_type"]),
         dims=tuple(int(d) for d in io.get("dims", ())),
         optional=bool(io.get("optional", False)) if is_input else False,
         reshape=tuple(int(d) for d in reshape.get("shape", ())) if reshape is not None else None,

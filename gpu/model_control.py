@@ -3,10 +3,11 @@
 Why a separate, bounded executor: Triton runs the load API on its HTTP threads, so a few slow
 ``initialize`` calls starve every other request (issues 8635/8958; the fix proposed in PR 8737
 moves the call to a detached thread with a concurrency cap and answers 503 beyond it). Here a
-load/unload is validated on the caller's (loop) thread, where only O(1) checks are allowed,
-then runs on one of ``--model-load-thread-count`` daemon threads. When all of them are busy the
-request is refused at once with 503 instead of queuing: a queue would only hide the overload
-and let HTTP clients time out with no reason (issue 6711). The threads are daemons so that a
+load/unload is validated on the caller's thread (a loop thread, or the offload pool for a
+large body), where only O(1) checks are allowed, then runs on one of
+``--model-load-thread-count`` daemon threads. When all of them are busy the request is refused
+at once with 503 instead of queuing: a queue would only hide the overload and let HTTP clients
+time out with no reason (issue 6711). The threads are daemons so that a
 model stuck in ``initialize`` cannot keep the process alive after shutdown.
 """
 
@@ -48,7 +49,7 @@ def split_load_parameters(name: str, parameters: Any) -> tuple[str | None, dict[
     """(config override text or None, ``file:`` overrides) from the load request's parameters.
 
     Every value must be a string: Triton answers 500 for other types and for unknown keys, but
-    these are client mistakes, so they are 400 here (PROTOCOL.md Appendix B #3).
+    these are client mistakes, so they are 400 here.
     """
     if parameters is None:
         return None, {}

@@ -15,12 +15,12 @@ A reload is a safe swap: the new version is built and initialised while the old 
 then the snapshot is switched in one assignment, and only then does the old version stop
 accepting, drain (bounded by ``unload_timeout``) and finalize, on a background thread.
 
-Where Triton is ambiguous (PROTOCOL.md Appendix B): loading a model that is not in any
-repository is 400 ``failed to load 'm', failed to poll from model repository`` (Triton: 500),
-since naming a missing model is a client mistake; bad parameter types and unknown parameter keys
-are 400 too. A load's ``done`` fires once the new version serves (the old one retires after);
-an unload's ``done`` fires after the model has drained and finalized (Triton replies when the
-unload has started), so the reply means the model's resources are gone.
+Where Triton is ambiguous: loading a model that is not in any repository is 400
+``failed to load 'm', failed to poll from model repository`` (Triton: 500), since naming a
+missing model is a client mistake; bad parameter types and unknown parameter keys are 400 too.
+A load's ``done`` fires once the new version serves (the old one retires after); an unload's
+``done`` fires as soon as the unload has started (Triton's rule): the model already refuses new
+requests, and draining and ``finalize()`` go on in the background.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ _log = logging.getLogger(__name__)
 
 MODES = ("none", "poll", "explicit")
 # How stale the cached repository listing may be before index() asks for a background rescan.
-INDEX_RESCAN_SECS = 1.0
 
 
 class _Slot:
@@ -134,7 +133,6 @@ class ModelManager:
         self._sources: dict[str, ModelSource] = {}
         self._unservable: dict[str, str] = {}
         self._healthy = True
-        self._scanned_at = 0.0
         self._publish_lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._control = ControlExecutor(self.load_thread_count)
@@ -144,7 +142,6 @@ class ModelManager:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._background: set[threading.Thread] = set()
-        self._rescanning = False
         self._temp_root: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -285,14 +282,10 @@ class ModelManager:
         self._rescan()
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """The repository index: every model on disk or known, sorted by name then version.
+        """The repository index from the last scan, sorted by name then version.
 
-        Reads the last repository scan (call :meth:`refresh` first, off the loop thread, for an
-        up-to-date one); when that is older than a second a rescan is also started in the
-        background.
+        It never touches the disk; the index handler calls :meth:`refresh` first, on the offload pool.
         """
-        if time.monotonic() - self._scanned_at > INDEX_RESCAN_SECS:
-            self._rescan_in_background()
         names = set(self._sources) | set(self._unservable)
         return index_rows(self._records, names, ready_only)
 
@@ -502,22 +495,6 @@ class ModelManager:
             return
         with self._publish_lock:
             self._sources, self._unservable = sources, unservable
-            self._scanned_at = time.monotonic()
-
-    def _rescan_in_background(self) -> None:
-        with self._publish_lock:
-            if self._rescanning or self._stopping:
-                return
-            self._rescanning = True
-            self._scanned_at = time.monotonic()  # do not ask again while this one runs
-
-        def run() -> None:
-            try:
-                self._rescan()
-            finally:
-                self._rescanning = False
-
-        threading.Thread(target=run, name="evserve-rescan", daemon=True).start()
 
     def _already_failed(self, name: str, reason: str) -> bool:
         """Whether the model is already shown (or kept serving) despite ``reason``: nothing to redo."""

@@ -1,7 +1,7 @@
 """A loaded model version, and the immutable state snapshots that loop threads read.
 
-Why snapshots: loop threads answer health, metadata, index and routing questions on every
-request and must never wait on a lock that a slow load or unload holds (DESIGN.md rule 2). The
+Why snapshots: loop threads answer health, metadata and routing questions on every request
+and must never wait on a lock that a slow load or unload holds. The
 manager therefore publishes the whole model table as frozen records in a fresh dict and swaps the
 reference (copy-on-write); a reader takes one reference and sees a consistent table, either
 before or after a change, never half of one.

@@ -142,10 +142,6 @@ def _sibling_names(version_dir: str) -> set[str]:
     return names - sys.stdlib_module_names
 
 
-def _is_sibling(module_name: str, siblings: set[str]) -> bool:
-    return module_name.partition(".")[0] in siblings
-
-
 def _model_builtins(package: str, siblings: set[str]) -> dict[str, Any]:
     """Builtins for a model's own modules: ``import helper`` finds the model's ``helper.py``.
 

@@ -4,7 +4,7 @@ Why threads with their own queues (and not a shared pool): a model instance is s
 not re-entrant (Triton runs each Python instance in its own stub process for the same reason),
 so exactly one thread may call its ``execute``. Giving each instance its own bounded queue makes
 admission control trivial and O(1): a full queue answers 503 "Exceeds maximum queue size" at
-once instead of letting latency grow without limit (DESIGN.md rule 5). The loop threads only
+once instead of letting latency grow without limit. The loop threads only
 ever append to a queue; all model code runs here.
 
 Dynamic batching (config ``dynamic_batching``) is done where the queue is drained: when the

@@ -113,6 +113,10 @@ def itemsize(datatype: str) -> int | None:
     return numpy_dtype(datatype).itemsize
 
 
+# Every config data type name (TYPE_*) that has a protocol datatype.
+CONFIG_TYPES = frozenset(_PROTOCOL_NAMES)
+
+
 def config_to_protocol(config_type: str) -> str:
     """``TYPE_FP32`` → ``FP32``; ``TYPE_STRING`` → ``BYTES``."""
     try:

@@ -66,9 +66,6 @@ class NotFound(ProtocolError):
     status = 404
 
 
-class MethodNotAllowed(ProtocolError):
-    status = 405
-
 
 class PayloadTooLarge(ProtocolError):
     status = 413

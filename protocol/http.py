@@ -42,7 +42,6 @@ def response_head(
     *,
     content_length: int | None,
     keep_alive: bool,
-    server: str = "",
 ) -> bytes:
     """The status line and header block of a response.
 
@@ -58,8 +57,6 @@ def response_head(
         parts.append(b"Content-Length: %d\r\n" % content_length)
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
-    if server:
-        parts.append(f"Server: {_checked(server)}\r\n".encode("latin-1"))
     parts.append(b"\r\n")
     return b"".join(parts)
 

@@ -12,7 +12,7 @@ going to be refused:
 
 Every client mistake raises a :class:`ProtocolError` (400 unless said otherwise) whose
 message is Triton's where Triton has one. Triton answers 500 for several of them (JSON
-type and element-count errors); evserve answers 400, as PROTOCOL.md Appendix B decides.
+type and element-count errors); evserve answers 400: a client mistake is never a 5xx.
 """
 
 from __future__ import annotations

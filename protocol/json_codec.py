@@ -1,9 +1,8 @@
 """JSON for ``/infer``: parsing the request head safely, and tensor ``data`` both ways.
 
 Parsing. orjson is strict (no NaN/Infinity literals, valid UTF-8 only, no lone
-surrogates) and fast, but the 3.8 series has no nesting limit of its own and overflows the
-C stack on ~100k nested brackets. :func:`loads` therefore measures the nesting first; the
-measure is a byte count unless the document has more opening brackets than the limit.
+surrogates) and fast; since 3.10 it refuses documents nested deeper than 1024 levels, and
+:func:`loads` turns that into a 400 with evserve's own text.
 
 Request ``data``. Triton reads ``data`` as a row-major list nested any way the client
 likes (flat, following the shape, or a mix), up to 100 levels deep, and only the element

@@ -78,8 +78,6 @@ class Route:
     model: str | None = None
     # None when the path names no version: "the policy's latest ready version".
     version: str | None = None
-    # The rest of the path for endpoints with sub-paths (shared-memory region and action).
-    tail: tuple[str, ...] = ()
 
 
 def _version(segment: str) -> str | None:
@@ -144,7 +142,7 @@ def match(path: str) -> Route | None:
         return _repository_route(parts[1:])
     if head in ("systemsharedmemory", "cudasharedmemory"):
         endpoint = Endpoint.SYSTEM_SHM if head == "systemsharedmemory" else Endpoint.CUDA_SHM
-        return Route(endpoint, tail=tuple(parts[1:]))
+        return Route(endpoint)
     if parts == ["trace", "setting"]:
         return Route(Endpoint.TRACE)
     if parts == ["logging"]:

@@ -1,9 +1,10 @@
 """HTTPAPIServer: the KServe v2 / Triton HTTP API on top of the HTTPServer base.
 
 ``handle`` is the router. It runs on the loop thread that owns the connection and only does
-cheap work there: health, metadata and config are answered inline; inference and model
-control pause the connection and hand a ticket to the worker pool or the model-control
-executor, whose reply comes back through ``defer``.
+cheap work there: health, metadata and config are answered inline; inference, model control,
+the repository index and is_ready() checks pause the connection and hand a ticket to the
+model's queue, the model-control executor or the offload pool, whose reply comes back
+through ``defer``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from evserve.gpu.device import backend_name
 from evserve.gpu.model_manager import ModelManager
 from evserve.server.api_server import HTTPAPIServer
 from evserve.server.config import Config
@@ -58,7 +59,8 @@ class Server:
             self.api.stop(0)
             raise
         self.manager.start()
-        log.info("HTTP API on %s:%d with %d loop threads", self.config.http_address, self.api.port, self.config.threads)
+        log.info("HTTP API on %s:%d with %d loop threads; tensors on %s", self.config.http_address, self.api.port,
+                 self.config.threads, backend_name())
         if self.metrics is not None:
             log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
 

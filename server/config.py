@@ -1,7 +1,7 @@
 """The server's configuration: one frozen object built by the CLI (or by tests and embedders).
 
-Every default says where it comes from. The HTTP limits default to ../RELIABILITY §3: Triton's
-value where Triton has one, otherwise the strictest of nginx, Envoy and Node.
+Every default says where it comes from. The HTTP limits default to Triton's value where
+Triton has one, otherwise the strictest of nginx, Envoy and Node.
 """
 
 from __future__ import annotations

@@ -86,7 +86,6 @@ class HttpConnection(asyncio.Protocol):
         handler: Handler,
         limits: Limits,
         *,
-        server_name: str = "",
         on_close: Callable[[HttpConnection], None] | None = None,
         on_request: Callable[[], None] | None = None,
     ) -> None:
@@ -94,7 +93,6 @@ class HttpConnection(asyncio.Protocol):
         self.owner = owner
         self._handler = handler
         self._limits = limits
-        self._server_name = server_name
         self._on_close = on_close
         self._on_request = on_request
         self._loop = owner.loop
@@ -483,7 +481,6 @@ class HttpConnection(asyncio.Protocol):
             headers,
             content_length=response.body_length,
             keep_alive=keep_alive,
-            server=self._server_name,
         )
         if req is not None and req.method == "HEAD":
             transport.write(head)
@@ -552,7 +549,7 @@ class HttpConnection(asyncio.Protocol):
         self._streaming = True
         req = self._current
         keep_alive = bool(req and req.keep_alive) and not self._draining
-        head = response_head(status, headers, content_length=None, keep_alive=keep_alive, server=self._server_name)
+        head = response_head(status, headers, content_length=None, keep_alive=keep_alive)
         assert self._transport is not None
         self._transport.write(head)
 

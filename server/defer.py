@@ -12,8 +12,8 @@ supervisor stopping the server) reaches them only by *deferring* a call onto the
   allows (trio's ``_wakeup_socketpair.py``): a full buffer only means a wake-up is already pending.
 * ``_wake_pending``: True from the moment a producer sends a byte until the consumer has drained it.
   Producers send only when the flag is False, so a burst of 10,000 defers costs one ``send`` syscall
-  instead of 10,000 (STYLE.md section 5: a naive send per defer is several times slower than uvloop's
-  ``call_soon_threadsafe``; coalesced, it is at parity or faster).
+  instead of 10,000 (a naive send per defer is several times slower than uvloop's
+  ``call_soon_threadsafe``; coalesced, it is at parity: see bench/bench_defer.py).
 
 Why no wake-up is lost. Invariant: *whenever ``_wake_pending`` is True, a byte is in the socket or the
 consumer has not yet cleared the flag in a pass that will still snapshot the queue.* A producer, under
@@ -27,7 +27,7 @@ in this order:
 A job appended before step 2 is inside the snapshot. A job appended after step 2 finds the flag either
 False (its producer sends a fresh byte, and the drain of step 1 is already over, so the byte survives
 and triggers the next pass) or True because a later producer already sent such a byte. The reverse
-order (clear, then drain) is the trap STYLE.md section 5 records: a producer that slips in between sets
+order (clear, then drain) is the trap: a producer that slips in between sets
 the flag and sends a byte which the running drain then swallows, leaving the flag set with no byte
 behind it, and every later defer waits forever. ``tests/server/test_defer.py`` pins this ordering
 down against a deliberately broken subclass.

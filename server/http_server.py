@@ -74,14 +74,12 @@ class HTTPServer:
         threads: int,
         limits: Limits,
         reuse_port: bool = False,
-        server_name: str = "",
     ) -> None:
         self.address = address
         self.port = port
         self.reuse_port = reuse_port
         self.thread_count = threads
         self.limits = limits
-        self.server_name = server_name
         self.loops: list[LoopThread] = []
         # Live connections per loop thread, assigned and released under _conn_lock.
         self._live: list[int] = [0] * threads
@@ -211,7 +209,6 @@ class HTTPServer:
                 thread,
                 self.handle,
                 self.limits,
-                server_name=self.server_name,
                 on_close=lambda c: self._on_close(index, c),
                 on_request=lambda: self._count_request(index),
             )

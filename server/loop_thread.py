@@ -1,7 +1,7 @@
 """LoopThread: one OS thread running one event loop, reachable from other threads only through ``defer``.
 
 This is libevhtp's evthr: the server starts N of them, each owns the connections it accepts for their
-whole life (DESIGN.md rule 1), and any other thread hands it work with ``defer(fn, *args)``, which goes
+whole life, and any other thread hands it work with ``defer(fn, *args)``, which goes
 through the thread's DeferQueue (coalesced socketpair wake-ups; see ``evserve.server.defer``).
 
 Ownership checks. Code that touches loop-owned state (a transport, a parser) calls ``assert_owner()``.

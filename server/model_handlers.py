@@ -1,4 +1,5 @@
-"""Per-model endpoints: metadata, ready, config (answered inline) and infer (handed off).
+"""Per-model endpoints: metadata, config and stats (inline), ready (inline unless the model has
+is_ready(), then on the offload pool) and infer (handed off).
 
 Inference follows Triton's path: the body is decompressed, decoded and validated here on
 the loop thread, the connection is paused, and the job goes into the model's bounded queue

@@ -1,8 +1,9 @@
 """A small bounded thread pool for request work too slow for a loop thread.
 
 A loop thread that inflates a 64 MiB gzip body or parses megabytes of JSON stalls every
-connection it owns. Such requests are paused and their decoding runs here instead; the
-reply still goes back through the ticket to the owning loop. What this buys is bounded by the
+connection it owns. Such requests are paused and their slow part runs here instead
+(decoding compressed bodies and JSON over HEAVY_BODY, the repository index's rescan, models'
+is_ready()); the reply still goes back through the ticket to the owning loop. What this buys is bounded by the
 GIL: zlib and NumPy copies release it and run beside the loops, but orjson's parse and the
 list-to-array conversion of a huge JSON tensor hold it, so they still slow every thread down
 while they run (they no longer block one loop's connections for their whole duration). The

@@ -41,8 +41,9 @@ def _reply_when_done(ticket: Ticket) -> Callable[[ProtocolError | None], None]:
 
 
 class RepositoryHandlers:
-    """Each request is answered through its ticket; a body over HEAVY_BODY (a load carrying
-    ``file:`` contents, say) is parsed on the offload pool rather than on the loop thread."""
+    """Each request is answered through its ticket. The index always runs on the offload pool (it
+    rescans the repositories); a load or unload body over HEAVY_BODY (a load carrying ``file:``
+    contents, say) is parsed there too."""
 
     def __init__(self, manager: ModelManager, offload: OffloadPool, *, sync_control: bool = False) -> None:
         self.manager = manager
