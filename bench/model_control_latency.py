@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.resources import as_file, files
 from pathlib import Path
 
 from _common import (
@@ -60,6 +59,8 @@ from _common import (
     write_record,
     wrk_text,
 )
+
+from evserve.gpu import EXAMPLE_REPOSITORY
 
 MODES = ("steady", "load-unload")
 INFER_PATH = "/v2/models/simple/infer"
@@ -122,9 +123,7 @@ class TritonPythonModel:
 def build_repository(root: Path, args: argparse.Namespace) -> Path:
     """A temp repository: the package's ``simple`` plus the generated ``slow_load``."""
     repo = root / "models"
-    source = files("evserve.gpu") / "example_repository" / "simple"
-    with as_file(source) as simple_dir:
-        shutil.copytree(simple_dir, repo / "simple", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "simple", repo / "simple", ignore=shutil.ignore_patterns("__pycache__"))
     slow = repo / SLOW_MODEL
     (slow / "1").mkdir(parents=True)
     (slow / "config.pbtxt").write_text(

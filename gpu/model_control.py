@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from evserve.gpu.file_override import FILE_PREFIX
-from evserve.gpu.repository import is_valid_model_name
+from evserve.gpu.repository.file_override import FILE_PREFIX
+from evserve.gpu.repository.scan import is_valid_model_name
 from evserve.protocol.errors import BadRequest, ProtocolError, Unavailable
 
 _log = logging.getLogger(__name__)

@@ -18,19 +18,20 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from evserve.gpu import device
-from evserve.gpu.model_config import DynamicBatching, ModelConfig, ModelConfigError, complete_config, read_config
-from evserve.gpu.model_state import ModelVersion
-from evserve.gpu.pb_utils import TritonModelException
-from evserve.gpu.python_model import PythonModel, PythonModelError
-from evserve.gpu.repository import available_versions, select_versions
-from evserve.gpu.worker import InstanceWorker, ModelStats
+from evserve.gpu.execution import device
+from evserve.gpu.execution.stats import ModelStats
+from evserve.gpu.execution.version import ModelVersion
+from evserve.gpu.execution.worker import InstanceWorker
+from evserve.gpu.options import ModelManagerOptions
+from evserve.gpu.python_backend.model import PythonModel, PythonModelError
+from evserve.gpu.python_backend.pb_utils import TritonModelException
+from evserve.gpu.repository.config_complete import PYTHON_BACKEND, complete_config
+from evserve.gpu.repository.config_parse import ModelConfigError, read_config
+from evserve.gpu.repository.model_config import DynamicBatching, ModelConfig
+from evserve.gpu.repository.scan import available_versions, select_versions
 from evserve.protocol.errors import ProtocolError
 
 _log = logging.getLogger(__name__)
-
-PYTHON_BACKEND = "python"
-
 
 class LoadFailure(Exception):
     """A load attempt failed; ``versions`` are the versions it had selected (empty if unknown)."""
@@ -51,10 +52,10 @@ def describe(exc: BaseException) -> str:
 class ModelLoader:
     """Builds the selected versions of a model directory (config → import → initialise → workers)."""
 
-    def __init__(self, *, model_config_name: str | None, disable_auto_complete: bool, queue_capacity: int) -> None:
-        self.model_config_name = model_config_name
-        self.disable_auto_complete = disable_auto_complete
-        self.queue_capacity = queue_capacity
+    def __init__(self, options: ModelManagerOptions) -> None:
+        self.model_config_name = options.model_config_name
+        self.disable_auto_complete = options.disable_auto_complete
+        self.queue_capacity = options.queue_capacity
 
     def build(self, name: str, model_dir: str, override: dict | None,
               on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:

@@ -3,7 +3,7 @@
 Two kinds of callers with opposite needs share this object:
 
 * Loop threads ask cheap questions on every request (``get``, ``ready``, ``index``, metadata).
-  They read an immutable snapshot (:mod:`evserve.gpu.model_state`) through one attribute read
+  They read an immutable snapshot (:mod:`evserve.gpu.model_records`) through one attribute read
   and never take a lock that a load holds, so a model whose ``initialize`` takes a minute cannot
   stall a health probe (Triton issues 8635/8958).
 * Control work (startup loading, the load/unload API, poll-mode rescans) does disk I/O and runs
@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from evserve.gpu.file_override import materialize
-from evserve.gpu.model_config import ModelConfigError, parse_json_config
+from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.model_control import (
     NOT_EXPLICIT,
     STOPPING,
@@ -45,24 +44,24 @@ from evserve.gpu.model_control import (
     validate_unload_dependents,
 )
 from evserve.gpu.model_loader import LoadFailure, ModelLoader, describe, load_in_parallel, retire
-from evserve.gpu.model_state import (
+from evserve.gpu.model_records import (
     LOADING,
     READY,
     UNAVAILABLE,
     UNLOADED_REASON,
     UNLOADING,
     ModelRecord,
-    ModelVersion,
     VersionState,
     index_rows,
 )
-from evserve.gpu.repository import ModelSource, fingerprint, scan_repositories
+from evserve.gpu.options import ModelManagerOptions
+from evserve.gpu.repository.config_parse import ModelConfigError, parse_json_config
+from evserve.gpu.repository.file_override import materialize
+from evserve.gpu.repository.scan import ModelSource, fingerprint, scan_repositories
 from evserve.protocol.errors import BadRequest, NotFound, ProtocolError, Unavailable
 
 _log = logging.getLogger(__name__)
 
-MODES = ("none", "poll", "explicit")
-# How stale the cached repository listing may be before index() asks for a background rescan.
 
 
 class _Slot:
@@ -80,54 +79,19 @@ class _Slot:
 
 
 class ModelManager:
-    """Owns every model of the repositories; see the module docstring for the threading rules.
+    """Owns every model of the repositories; see the module docstring for the threading rules."""
 
-    Options mirror Triton's flags: ``control_mode`` (none|poll|explicit), ``startup_models``
-    (``--load-model``, explicit only, ``*`` = all), ``poll_secs``, ``load_thread_count`` (parallel
-    startup loads and the control executor's size), ``strict_readiness``, ``model_config_name``,
-    ``disable_auto_complete``. ``exit_on_error`` is kept for the CLI, which exits when
-    :meth:`startup_errors` is not empty. ``queue_capacity`` bounds each instance's queue (a
-    config's ``max_queue_size`` lowers it); ``unload_timeout`` bounds each drain.
-    """
-
-    def __init__(
-        self,
-        repositories: Iterable[str],
-        *,
-        control_mode: str = "none",
-        startup_models: Iterable[str] = (),
-        poll_secs: float = 15,
-        load_thread_count: int = 4,
-        strict_readiness: bool = True,
-        exit_on_error: bool = True,
-        model_config_name: str | None = None,
-        disable_auto_complete: bool = False,
-        queue_capacity: int = 1024,
-        unload_timeout: float = 30.0,
-    ) -> None:
-        if control_mode not in MODES:
-            raise ValueError(f"unknown model control mode '{control_mode}', expected one of {', '.join(MODES)}")
-        startup = list(startup_models)
-        if startup and control_mode != "explicit":
-            raise ValueError("models to load at startup can only be given in explicit model control mode")
-        if "*" in startup and len(startup) > 1:
-            raise ValueError("'*' must be the only model to load at startup when it is given")
+    def __init__(self, repositories: Iterable[str], options: ModelManagerOptions | None = None) -> None:
+        options = options if options is not None else ModelManagerOptions()
+        self.options = options
         self.repositories = list(repositories)
-        self.control_mode = control_mode
-        self.startup_models = startup
-        self.poll_secs = poll_secs
-        self.strict_readiness = strict_readiness
-        self.exit_on_error = exit_on_error
-        self.model_config_name = model_config_name
-        self.disable_auto_complete = disable_auto_complete
-        self.queue_capacity = queue_capacity
-        self.unload_timeout = unload_timeout
-        self.load_thread_count = max(1, load_thread_count)
-        self._loader = ModelLoader(
-            model_config_name=model_config_name,
-            disable_auto_complete=disable_auto_complete,
-            queue_capacity=queue_capacity,
-        )
+        self.control_mode = options.control_mode
+        self.startup_models = list(options.startup_models)
+        self.poll_secs = options.poll_secs
+        self.strict_readiness = options.strict_readiness
+        self.unload_timeout = options.unload_timeout
+        self.load_thread_count = max(1, options.load_thread_count)
+        self._loader = ModelLoader(options)
         # Reader-visible state: replaced, never mutated (copy-on-write).
         self._records: dict[str, ModelRecord] = {}
         self._sources: dict[str, ModelSource] = {}

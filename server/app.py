@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 
-from evserve.gpu.device import backend_name
+from evserve.gpu import EXAMPLE_REPOSITORY
+from evserve.gpu.execution.device import backend_name
 from evserve.gpu.model_manager import ModelManager
 from evserve.server.api_server import HTTPAPIServer
 from evserve.server.config import Config
@@ -22,29 +23,11 @@ from evserve.server.metrics_server import HTTPMetricsServer
 log = logging.getLogger("evserve.server")
 
 
-def default_repository() -> str:
-    """The example repository shipped inside the package (served when none is given)."""
-    from importlib.resources import files
-
-    return str(files("evserve.gpu") / "example_repository")
-
-
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
-        repositories = list(config.model_repositories) or [default_repository()]
-        self.manager = ModelManager(
-            repositories,
-            control_mode=config.model_control_mode,
-            startup_models=list(config.load_models),
-            poll_secs=config.repository_poll_secs,
-            load_thread_count=config.model_load_thread_count,
-            strict_readiness=config.strict_readiness,
-            exit_on_error=config.exit_on_error,
-            model_config_name=config.model_config_name,
-            disable_auto_complete=config.disable_auto_complete_config,
-            queue_capacity=config.max_queue_size,
-        )
+        repositories = list(config.model_repositories) or [EXAMPLE_REPOSITORY]
+        self.manager = ModelManager(repositories, config.models)
         self.api = HTTPAPIServer(config, self.manager)
         self.metrics = HTTPMetricsServer(config, self.api, self.manager) if config.allow_metrics else None
         self._stopped = threading.Event()

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from evserve.gpu.options import ModelManagerOptions
 from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
@@ -141,6 +142,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_connections=args.http_max_connections,
         max_pipelined_requests=args.http_max_pipelined_requests,
     )
+    models = ModelManagerOptions(
+        control_mode=args.model_control_mode,
+        startup_models=tuple(args.load_model),
+        poll_secs=args.repository_poll_secs,
+        load_thread_count=args.model_load_thread_count,
+        strict_readiness=args.strict_readiness,
+        exit_on_error=args.exit_on_error,
+        model_config_name=args.model_config_name,
+        disable_auto_complete=args.disable_auto_complete_config or args.strict_model_config,
+        queue_capacity=args.max_queue_size,
+    )
     return Config(
         http_address=args.http_address,
         http_port=args.http_port,
@@ -155,15 +167,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         server_name=args.server_name,
         limits=limits,
         model_repositories=tuple(args.model_repository),
-        model_control_mode=args.model_control_mode,
-        load_models=tuple(args.load_model),
-        repository_poll_secs=args.repository_poll_secs,
-        model_load_thread_count=args.model_load_thread_count,
-        strict_readiness=args.strict_readiness,
-        exit_on_error=args.exit_on_error,
-        model_config_name=args.model_config_name,
-        disable_auto_complete_config=args.disable_auto_complete_config or args.strict_model_config,
-        max_queue_size=args.max_queue_size,
+        models=models,
         sync_model_control=args.sync_model_control,
     )
 
@@ -200,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evserve: cannot listen on {config.http_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     status = 0
-    if config.exit_on_error:
+    if config.models.exit_on_error:
         # Wait for the startup models, but stay responsive to signals meanwhile.
         while not stop.is_set() and not server.manager.wait_startup(0.2):
             pass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from evserve.gpu.options import ModelManagerOptions
+
 MIB = 1024 * 1024
 
 
@@ -89,18 +91,9 @@ class Config:
     # Triton reports "triton" (its --id); clients that check the name need --server-name triton.
     server_name: str = "evserve"
     limits: Limits = field(default_factory=Limits)
-    # Models.
+    # Models: where they are, and how the model manager treats them (Triton's model flags).
     model_repositories: tuple[str, ...] = ()
-    model_control_mode: str = "none"
-    load_models: tuple[str, ...] = ()
-    repository_poll_secs: float = 15.0
-    model_load_thread_count: int = 4
-    strict_readiness: bool = True
-    exit_on_error: bool = True
-    model_config_name: str | None = None
-    disable_auto_complete_config: bool = False
-    # Bounded per-instance queue (Envoy-style overload: fast 503 instead of unbounded queuing).
-    max_queue_size: int = 1024
+    models: ModelManagerOptions = field(default_factory=ModelManagerOptions)
     # Runs load/unload on the loop thread, as Triton does. Only for demonstrating the starvation
     # bug (the test suite proves its own test catches it); never use it to serve.
     sync_model_control: bool = False
@@ -108,21 +101,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError("--http-thread-count must be at least 1")
-        if self.model_control_mode not in ("none", "explicit", "poll"):
-            mode = self.model_control_mode
-            raise ValueError(f"invalid --model-control-mode '{mode}': expected none, explicit or poll")
-        if self.load_models and self.model_control_mode != "explicit":
-            raise ValueError("--load-model requires --model-control-mode=explicit")
-        if "*" in self.load_models and len(self.load_models) > 1:
-            raise ValueError("--load-model=* must be the only --load-model")
-        if self.model_load_thread_count < 1:
-            raise ValueError("--model-load-thread-count must be at least 1")
-        if self.max_queue_size < 1:
-            raise ValueError("--max-queue-size must be at least 1")
         if self.exit_timeout < 0:
             raise ValueError("--exit-timeout-secs must not be negative")
-        if self.model_control_mode == "poll" and self.repository_poll_secs <= 0:
-            raise ValueError("--repository-poll-secs must be greater than 0 in poll mode")
         for port in (self.http_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise ValueError(f"invalid port {port}")

@@ -13,12 +13,10 @@ the connection.
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from evserve.gpu.model_config import ModelConfig
-from evserve.gpu.python_model import ExecRequest
+from evserve.gpu.execution.contract import ExecRequest, ServedModel
 from evserve.protocol.compression import decompress
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.infer_codec import decode_infer_request, encode_infer_response, parse_header_length
@@ -31,20 +29,8 @@ from evserve.server.responses import empty_reply, error_reply, json_reply
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
-    from evserve.gpu.model_state import ModelVersion
 
 log = logging.getLogger("evserve.server")
-
-
-@functools.lru_cache(maxsize=256)
-def _read_label_file(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
-
-
-def read_labels(config: ModelConfig, output: str) -> list[str]:
-    path = config.label_file(output)
-    return _read_label_file(path) if path else []
 
 DECOUPLED_ON_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
 
@@ -69,13 +55,12 @@ class ModelHandlers:
         assert route.model is not None
         if not self.manager.model_ready(route.model, route.version):
             return Response.error(400, "Model version not ready")
-        instances = [w.instance for w in self.manager.get(route.model, route.version).workers]
-        checks = [i for i in instances if getattr(i, "has_readiness_check", False)]
-        if not checks:
+        served = self.manager.get(route.model, route.version)
+        if not served.has_readiness_check:
             return empty_reply()
         ticket = request.pause()
         try:
-            self.offload.submit(_answer_readiness, ticket, checks)
+            self.offload.submit(_answer_readiness, ticket, served)
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
         return None
@@ -92,7 +77,7 @@ class ModelHandlers:
     def infer(self, request: Request, route: Route) -> Response | None:
         assert route.model is not None
         version = self.manager.get(route.model, route.version)
-        if version.config.decoupled:
+        if version.decoupled:
             return Response.error(501, DECOUPLED_ON_INFER)
         for name in ("inference-header-content-length", "content-encoding"):
             if request.header_count(name) > 1:
@@ -110,7 +95,7 @@ class ModelHandlers:
         self._submit(request.pause(), version, infer_request, body.accept_encoding)
         return None
 
-    def _decode(self, version: ModelVersion, body: _InferBody) -> InferRequest:
+    def _decode(self, version: ServedModel, body: _InferBody) -> InferRequest:
         data = decompress(body.data, body.content_encoding, self.max_input_size)
         return decode_infer_request(
             data,
@@ -120,7 +105,7 @@ class ModelHandlers:
             max_input_size=self.max_input_size,
         )
 
-    def _decode_and_submit(self, ticket: Ticket, version: ModelVersion, body: _InferBody) -> None:
+    def _decode_and_submit(self, ticket: Ticket, version: ServedModel, body: _InferBody) -> None:
         """On the offload pool: decode, then queue for the model like the inline path."""
         try:
             infer_request = self._decode(version, body)
@@ -130,8 +115,8 @@ class ModelHandlers:
         self._submit(ticket, version, infer_request, body.accept_encoding)
 
     @staticmethod
-    def _submit(ticket: Ticket, version: ModelVersion, infer_request: InferRequest, accept: str | None) -> None:
-        completion = _Completion(ticket, infer_request, accept, version.config)
+    def _submit(ticket: Ticket, version: ServedModel, infer_request: InferRequest, accept: str | None) -> None:
+        completion = _Completion(ticket, infer_request, accept, version)
         job = ExecRequest(request=infer_request, complete=completion, cancelled=ticket.cancelled)
         try:
             version.submit(job)
@@ -139,8 +124,8 @@ class ModelHandlers:
             ticket.finish(error_reply(exc))
 
 
-def _answer_readiness(ticket: Ticket, instances: list[Any]) -> None:
-    ready = all(instance.check_ready() for instance in instances)
+def _answer_readiness(ticket: Ticket, served: ServedModel) -> None:
+    ready = served.check_ready()
     ticket.finish(empty_reply() if ready else Response.error(400, "Model version not ready"))
 
 
@@ -171,20 +156,20 @@ class _InferBody:
 class _Completion:
     """Runs on the worker thread when the model has answered: encode, then defer the reply."""
 
-    __slots__ = ("ticket", "request", "accept_encoding", "config")
+    __slots__ = ("ticket", "request", "accept_encoding", "served")
 
-    def __init__(self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, config: ModelConfig) -> None:
+    def __init__(self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, served: ServedModel) -> None:
         self.ticket = ticket
         self.request = request
         self.accept_encoding = accept_encoding
-        self.config = config
+        self.served = served
 
     def _labels(self) -> dict[str, list[str]] | None:
         """Class labels for classification outputs, read here on the worker thread (disk I/O)."""
         wanted = [o.name for o in self.request.outputs or () if o.classification > 0]
         if not wanted:
             return None
-        return {name: read_labels(self.config, name) for name in wanted}
+        return {name: self.served.labels(name) for name in wanted}
 
     def __call__(self, result: InferResponse | ProtocolError) -> None:
         if isinstance(result, ProtocolError):
@@ -195,7 +180,7 @@ class _Completion:
                 result,
                 self.request,
                 accept_encoding=self.accept_encoding,
-                batched=self.config.max_batch_size > 0,
+                batched=self.served.max_batch_size > 0,
                 labels=self._labels(),
             )
         except ProtocolError as exc:

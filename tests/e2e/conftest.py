@@ -14,9 +14,10 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from evserve.gpu import EXAMPLE_REPOSITORY
 
 # One [1, 16] INT32 request for the bundled `simple` model (OUTPUT0 = a + b, OUTPUT1 = a - b).
 SIMPLE_INPUTS = [
@@ -106,7 +107,7 @@ def index(port: int, payload: Any = None) -> dict[str, dict[str, Any]]:
 def copy_simple(repository: Path, name: str = "simple") -> Path:
     """Copy the bundled `simple` model into ``repository`` (renamed in its config when asked)."""
     target = repository / name
-    shutil.copytree(Path(str(files("evserve.gpu") / "example_repository" / "simple")), target)
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "simple", target)
     if name != "simple":
         config = target / "config.pbtxt"
         config.write_text(config.read_text().replace('name: "simple"', f'name: "{name}"'))

@@ -22,11 +22,11 @@ import json
 import shutil
 import threading
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
+from evserve.gpu import EXAMPLE_REPOSITORY
 from tests.evserve_process import EvserveProcess
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ SIMPLE_INFER = json.dumps(
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    shutil.copytree(Path(str(files("evserve.gpu") / "example_repository" / "simple")), root / "simple")
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "simple", root / "simple")
     for name in (*SLOW_MODELS, "slow_d"):
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.pbtxt").write_text(SLOW_CONFIG.format(name=name))

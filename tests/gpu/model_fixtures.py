@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.model_manager import ModelManager
-from evserve.gpu.python_model import ExecRequest
+from evserve.gpu.options import ModelManagerOptions
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 
 MODEL_PY = """
@@ -115,7 +116,7 @@ def manager_factory(**defaults: Any) -> Iterator[Callable[..., ModelManager]]:
     made: list[ModelManager] = []
 
     def make(*repos: Path, start: bool = True, **options: Any) -> ModelManager:
-        manager = ModelManager([str(r) for r in repos], **{**defaults, **options})
+        manager = ModelManager([str(r) for r in repos], ModelManagerOptions(**{**defaults, **options}))
         made.append(manager)
         if start:
             manager.start()

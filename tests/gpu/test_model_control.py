@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from evserve.gpu.file_override import write_file
 from evserve.gpu.model_control import SATURATED
 from evserve.gpu.model_manager import ModelManager
+from evserve.gpu.repository.file_override import write_file
 from evserve.protocol.errors import BadRequest, NotFound, ProtocolError, Unavailable
 from tests.gpu.model_fixtures import (
     MODEL_PY,

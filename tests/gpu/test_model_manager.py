@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from evserve.gpu import EXAMPLE_REPOSITORY
+from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.model_manager import ModelManager
-from evserve.gpu.python_model import EXAMPLE_REPOSITORY, ExecRequest
-from evserve.gpu.repository import DUPLICATE_REASON
+from evserve.gpu.repository.scan import DUPLICATE_REASON
 from evserve.protocol.errors import BadRequest, NotFound, ProtocolError, Unavailable
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 from tests.gpu.model_fixtures import config_text, infer, manager_factory, submit, tag_of, wait_for, write_model
@@ -91,15 +92,6 @@ def test_load_and_unload_are_refused_outside_explicit_mode(
             call()
         assert info.value.status == 503
         assert info.value.message == "explicit model load / unload is not allowed if polling is enabled"
-
-
-def test_bad_mode_options_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        ModelManager([str(tmp_path)], control_mode="sometimes")
-    with pytest.raises(ValueError):
-        ModelManager([str(tmp_path)], control_mode="none", startup_models=["a"])
-    with pytest.raises(ValueError):
-        ModelManager([str(tmp_path)], control_mode="explicit", startup_models=["*", "a"])
 
 
 # ---- startup and readiness -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evserve.gpu.repository import (
+from evserve.gpu.repository.scan import (
     DUPLICATE_REASON,
     ModelSource,
     available_versions,

@@ -8,8 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evserve.gpu.model_config import ModelConfig, complete_config, read_config
-from evserve.gpu.python_model import EXAMPLE_REPOSITORY, ExecRequest, PythonModel, PythonModelInstance
+from evserve.gpu import EXAMPLE_REPOSITORY
+from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.python_backend.instance import PythonModelInstance
+from evserve.gpu.python_backend.model import PythonModel
+from evserve.gpu.repository.config_complete import complete_config
+from evserve.gpu.repository.config_parse import read_config
+from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 

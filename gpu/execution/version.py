@@ -1,42 +1,33 @@
-"""A loaded model version, and the immutable state snapshots that loop threads read.
+"""One loaded model version: what it needs at request time, and how it is drained.
 
-Why snapshots: loop threads answer health, metadata and routing questions on every request
-and must never wait on a lock that a slow load or unload holds. The
-manager therefore publishes the whole model table as frozen records in a fresh dict and swaps the
-reference (copy-on-write); a reader takes one reference and sees a consistent table, either
-before or after a change, never half of one.
-
-:class:`ModelVersion` groups what one loaded version needs at request time: its completed
-config, its signature for request validation, its statistics, and the workers of its instances.
-It routes each job to the worker with the least backlog and can be drained for an unload or a
-swap.
+:class:`ModelVersion` groups its completed config, its signature for request validation, its
+statistics, and the workers of its instances. It routes each job to the worker with the least
+backlog and can be drained for an unload or a swap. It is what the manager's ``get`` hands to
+the HTTP layer, which sees it as a :class:`~evserve.gpu.execution.contract.ServedModel`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evserve.gpu.worker import QUEUE_FULL, ExecJob, InstanceWorker, ModelStats
+from evserve.gpu.execution.contract import QUEUE_FULL, ExecRequest
+from evserve.gpu.execution.stats import ModelStats
+from evserve.gpu.execution.worker import InstanceWorker
 from evserve.protocol.errors import Unavailable
 from evserve.protocol.types import ModelSignature
 
-_log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from evserve.gpu.repository.model_config import ModelConfig
 
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
-UNLOADED_REASON = "unloaded"
+_log = logging.getLogger(__name__)
 
 
 class ModelVersion:
     """One READY-able version: config, signature, stats and the workers of its instances."""
 
-    def __init__(self, name: str, version: int, config: Any, workers: list[InstanceWorker],
+    def __init__(self, name: str, version: int, config: ModelConfig, workers: list[InstanceWorker],
                  stats: ModelStats, signature: ModelSignature, module: Any = None) -> None:
         self.name = name
         self.version = version
@@ -45,7 +36,7 @@ class ModelVersion:
         self.workers = workers
         self.stats = stats
         self.signature = signature
-        # The imported model code (python_model.PythonModel); released once every instance is finalized.
+        # The imported model code (python_backend.model.PythonModel); released once every instance is finalized.
         self.module = module
         self.loaded_at = time.time()
         self.load_seconds = 0.0
@@ -66,6 +57,27 @@ class ModelVersion:
         """Requests admitted and not yet completed (queued + executing)."""
         return sum(w.backlog for w in self.workers)
 
+    @property
+    def decoupled(self) -> bool:
+        return self.config.decoupled
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def has_readiness_check(self) -> bool:
+        """Whether any instance has its own ``is_ready()`` (then model-ready must ask it, off the loop)."""
+        return any(worker.instance.has_readiness_check for worker in self.workers)
+
+    def check_ready(self) -> bool:
+        """Every instance's own readiness; blocks up to Triton's bound per instance."""
+        return all(worker.instance.check_ready() for worker in self.workers if worker.instance.has_readiness_check)
+
+    def labels(self, output_name: str) -> list[str]:
+        """Class labels of a classification output (read from disk once, then cached)."""
+        return self.config.labels(output_name)
+
     def stats_entry(self) -> dict[str, Any]:
         """This version's entry of the ``/stats`` reply (``model_stats`` list item)."""
         return {"name": self.name, "version": self.version_str, **self.stats.snapshot()}
@@ -74,7 +86,7 @@ class ModelVersion:
         for worker in self.workers:
             worker.start()
 
-    def submit(self, job: ExecJob) -> None:
+    def submit(self, job: ExecRequest) -> None:
         """Hand ``job`` to the least-busy instance; raise Unavailable (503) at once when all are full.
 
         A caller that looked this version up just before a reload swapped it out is forwarded to
@@ -139,80 +151,3 @@ class ModelVersion:
 
 def _same_tensors(a: ModelSignature, b: ModelSignature) -> bool:
     return a.inputs == b.inputs and a.outputs == b.outputs and a.max_batch_size == b.max_batch_size
-
-
-@dataclass(frozen=True, slots=True)
-class VersionState:
-    """One version's row in the index: state, reason, and the served object when READY."""
-
-    version: int
-    state: str
-    reason: str = ""
-    served: ModelVersion | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRecord:
-    """Everything readers need about one model, immutable; replaced as a whole on change.
-
-    ``state``/``reason`` describe a failure that happened before any version was known (a broken
-    config, a duplicate name); then ``versions`` may be empty and the index row has no version.
-    """
-
-    name: str
-    versions: Mapping[int, VersionState] = field(default_factory=dict)
-    state: str = ""
-    reason: str = ""
-
-    @property
-    def latest_ready(self) -> ModelVersion | None:
-        """The highest READY version (what a request without a version gets), or None."""
-        for number in sorted(self.versions, reverse=True):
-            entry = self.versions[number]
-            if entry.state == READY and entry.served is not None:
-                return entry.served
-        return None
-
-    def ready_versions(self) -> list[ModelVersion]:
-        return [e.served for _, e in sorted(self.versions.items()) if e.state == READY and e.served is not None]
-
-    def is_healthy(self) -> bool:
-        """Counts for strict readiness: every version READY, or deliberately unloaded."""
-        if self.state and self.state != READY:
-            return self.reason == UNLOADED_REASON
-        return all(e.state == READY or e.reason == UNLOADED_REASON for e in self.versions.values())
-
-
-def index_rows(records: Mapping[str, ModelRecord], names: Iterable[str], ready_only: bool) -> list[dict[str, Any]]:
-    """The repository index JSON rows, sorted by name then version.
-
-    ``names`` are the models on disk; those without a record were never loaded and get only
-    ``name`` (Triton's rule). A record without versions (a failure before any version was known)
-    gives one row without ``version``.
-    """
-    rows: list[dict[str, Any]] = []
-    for name in sorted(set(names) | set(records)):
-        record = records.get(name)
-        if record is None:
-            if not ready_only:
-                rows.append({"name": name})
-        elif not record.versions:
-            if not ready_only:
-                rows.append(_row(name, None, record.state or UNAVAILABLE, record.reason))
-        else:
-            rows.extend(
-                _row(name, str(number), entry.state, entry.reason)
-                for number, entry in sorted(record.versions.items())
-                if entry.state == READY or not ready_only
-            )
-    return rows
-
-
-def _row(name: str, version: str | None, state: str, reason: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name}
-    if version is not None:
-        row["version"] = version
-    row["state"] = state
-    if reason:
-        row["reason"] = reason
-    return row

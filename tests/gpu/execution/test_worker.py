@@ -1,6 +1,6 @@
 """InstanceWorker and ModelVersion with fake instances: admission, batching, cancellation, drain.
 
-The fakes stand in for python_model so these tests pin the worker's own contract: a bounded
+The fakes stand in for the python backend so these tests pin the worker's own contract: a bounded
 queue that answers 503 at once, batches gathered by rows / preferred sizes / queue delay, every
 job completed exactly once whatever the model does, and a bounded stop.
 """
@@ -9,38 +9,36 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
-from evserve.gpu import device
-from evserve.gpu.model_state import ModelVersion
-from evserve.gpu.worker import CANCELLED, QUEUE_FULL, InstanceWorker, ModelStats
+from evserve.gpu.execution import device
+from evserve.gpu.execution.contract import CANCELLED, QUEUE_FULL, ExecRequest
+from evserve.gpu.execution.stats import ModelStats
+from evserve.gpu.execution.version import ModelVersion
+from evserve.gpu.execution.worker import InstanceWorker
 from evserve.protocol.errors import ProtocolError, Unavailable
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, ModelSignature, TensorSpec
 
 
-@dataclass
-class Job:
-    """The ExecRequest shape: request, complete, cancelled; records what it was completed with."""
+class Job(ExecRequest):
+    """A real ExecRequest that records what it was completed with, and can be cancelled."""
 
-    request: InferRequest
-    is_cancelled: bool = False
-    results: list[Any] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.complete = self._record
-        self.cancelled = lambda: self.is_cancelled
+    def __init__(self, request: InferRequest, is_cancelled: bool = False) -> None:
+        super().__init__(request, self._record, lambda: self.is_cancelled)
+        self.is_cancelled = is_cancelled
+        self.results: list[Any] = []
+        self.completed = threading.Event()
 
     def _record(self, result: Any) -> None:
         self.results.append(result)
-        self.done.set()
+        self.completed.set()
 
     def wait(self, timeout: float = 5.0) -> Any:
-        assert self.done.wait(timeout), "job never completed"
+        assert self.completed.wait(timeout), "job never completed"
         return self.results[0]
 
 
@@ -86,7 +84,7 @@ class FakeInstance:
             raise self.error
         if self.answer:
             for job in batch:
-                job.complete(InferResponse("m", "1"))
+                job.finish(InferResponse("m", "1"))
 
     def finalize(self) -> None:
         self.finalized = True
@@ -249,7 +247,7 @@ def test_model_exception_fails_the_batch_and_worker_survives() -> None:
 def test_raising_after_partial_answers_fails_only_the_unanswered() -> None:
     class AnswerFirstThenRaise(FakeInstance):
         def execute(self, batch: list[Any]) -> None:
-            batch[0].complete(InferResponse("m", "1"))
+            batch[0].finish(InferResponse("m", "1"))
             raise RuntimeError("half done")
 
     gate = threading.Event()
@@ -272,9 +270,9 @@ def test_streaming_job_gets_one_final_call() -> None:
     class Streams(FakeInstance):
         def execute(self, batch: list[Any]) -> None:
             for job in batch:
-                job.stream(InferResponse("m", "1"), False)
-                job.stream(None, True)
-                job.stream(InferResponse("m", "1"), True)
+                job.send(InferResponse("m", "1"))
+                job.finish(None)
+                job.finish(InferResponse("m", "1"))
 
     calls: list[tuple[Any, bool]] = []
     job = make_job()
@@ -291,8 +289,8 @@ def test_second_completion_is_dropped() -> None:
     class Twice(FakeInstance):
         def execute(self, batch: list[Any]) -> None:
             for job in batch:
-                job.complete(InferResponse("m", "1"))
-                job.complete(InferResponse("m", "2"))
+                job.finish(InferResponse("m", "1"))
+                job.finish(InferResponse("m", "2"))
 
     w = worker(Twice())
     job = make_job()

@@ -13,9 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evserve.gpu import pb_utils
-from evserve.gpu.model_config import ModelConfig, complete_config
-from evserve.gpu.python_model import ExecRequest, PythonModel, PythonModelError, PythonModelInstance
+from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.python_backend import pb_utils
+from evserve.gpu.python_backend.instance import PythonModelInstance
+from evserve.gpu.python_backend.model import PythonModel, PythonModelError
+from evserve.gpu.repository.config_complete import complete_config
+from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 

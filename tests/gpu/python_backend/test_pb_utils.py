@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from evserve.gpu import pb_utils
+from evserve.gpu.python_backend import pb_utils
 from evserve.protocol.errors import TritonCode
 
 # -- Tensor ----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.model_manager import ModelManager
-from evserve.gpu.python_model import ExecRequest
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 
 # The model reports the shape it was given (SEEN) and returns its input doubled, in that shape.

@@ -1,0 +1,255 @@
+"""One thread per model instance: a bounded queue in front, the model's ``execute`` behind.
+
+Why threads with their own queues (and not a shared pool): a model instance is stateful and
+not re-entrant (Triton runs each Python instance in its own stub process for the same reason),
+so exactly one thread may call its ``execute``. Giving each instance its own bounded queue makes
+admission control trivial and O(1): a full queue answers 503 "Exceeds maximum queue size" at
+once instead of letting latency grow without limit. The loop threads only ever append to a
+queue; all model code runs here. Dynamic batching (:mod:`.batching`) decides, where the queue
+is drained, how many requests one ``execute`` takes.
+
+Invariants the rest of the server relies on: every admitted job gets exactly one terminal call
+(its result, an error when ``execute`` raises, a cancellation, or a drop at a bounded stop;
+the job's own guard makes "exactly" hold, see :mod:`.contract`), and nothing a model does can
+kill the thread. When ``execute`` returns normally the instance is trusted to have answered,
+or to answer later: the python backend guarantees one answer per request, and a decoupled
+``async def execute`` answers after ``execute`` has returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+
+from evserve.gpu.execution.batching import BatchGatherer, BatchingPolicy, request_rows
+from evserve.gpu.execution.contract import CANCELLED, QUEUE_FULL, ExecRequest, ModelInstance, Result
+from evserve.gpu.execution.device import DeviceContext
+from evserve.gpu.execution.stats import ModelStats
+from evserve.protocol.errors import ProtocolError, Unavailable
+
+_log = logging.getLogger(__name__)
+
+
+def _now_ns() -> int:
+    return time.monotonic_ns()
+
+
+class _Admitted:
+    """An admitted job with its batch rows and timestamps; accounts it when the job finishes."""
+
+    __slots__ = ("job", "rows", "t_submit", "t_start", "_stats")
+
+    def __init__(self, job: ExecRequest, rows: int, stats: ModelStats | None) -> None:
+        self.job = job
+        self.rows = rows
+        self.t_submit = _now_ns()
+        self.t_start = -1
+        self._stats = stats
+        if stats is not None:
+            job.on_finish = self._account
+
+    def _account(self, result: Result | None) -> None:
+        """Called inside the job's terminal call, exactly once (statistics follow Triton's)."""
+        assert self._stats is not None
+        now = _now_ns()
+        started = self.t_start >= 0
+        if started:
+            reason = "BACKEND"
+        else:
+            reason = "CANCELED" if getattr(result, "message", "") == CANCELLED else "OTHER"
+        self._stats.record_request(
+            not isinstance(result, ProtocolError),
+            now - self.t_submit,
+            (self.t_start - self.t_submit) if started else -1,
+            (now - self.t_start) if started else -1,
+            self.rows,
+            reason,
+        )
+
+
+class InstanceWorker:
+    """A thread that owns one model instance and executes its queue, in order, batch by batch.
+
+    ``device_kind`` is "GPU" or "CPU": a GPU worker runs every ``execute`` inside a
+    :class:`DeviceContext` (its device and its own CUDA stream). Call :meth:`start` once;
+    :meth:`stop` drains and joins. Finalizing the instance is the owner's call, after stop.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        instance: ModelInstance,
+        queue_capacity: int,
+        batching: BatchingPolicy | None,
+        device_kind: str,
+        device_id: int,
+        *,
+        max_batch_size: int = 0,
+        stats: ModelStats | None = None,
+        thread_name: str | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.instance = instance
+        self.capacity = max(1, queue_capacity)
+        self.device_kind = device_kind
+        self.device_id = device_id
+        self.max_batch_size = max_batch_size
+        self.stats = stats
+        batched = batching is not None and max_batch_size > 0
+        self._gatherer = BatchGatherer(batching, max_batch_size) if batched else None
+        self._queue: deque[_Admitted] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._accepting = True
+        self._closing = False
+        self.in_flight = 0
+        self.executions = 0
+        self.inferences = 0
+        self._thread = threading.Thread(
+            target=self._run, name=thread_name or f"evserve-{model_name}", daemon=True
+        )
+
+    # ---- admission (any thread, O(1)) -------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def backlog(self) -> int:
+        """Queued plus executing: what least-backlog routing compares."""
+        return len(self._queue) + self.in_flight
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: ExecRequest) -> None:
+        """Queue ``job`` or raise Unavailable at once; on success the job is finished exactly once."""
+        with self._cond:
+            if not self._accepting:
+                raise Unavailable(f"model '{self.model_name}' is not accepting requests: it is being unloaded")
+            if len(self._queue) >= self.capacity:
+                raise Unavailable(QUEUE_FULL)
+            self._queue.append(_Admitted(job, request_rows(job.request, self.max_batch_size), self.stats))
+            self._cond.notify()
+
+    # ---- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            device = DeviceContext(self.device_kind, self.device_id)
+            device.__enter__()
+        except Exception:
+            _log.exception("model '%s': cannot use device %s:%d; running on the CPU",
+                           self.model_name, self.device_kind, self.device_id)
+            device = None
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._execute(batch)
+        finally:
+            if device is not None:
+                with contextlib.suppress(Exception):
+                    device.__exit__(None, None, None)
+
+    def _next_batch(self) -> list[_Admitted] | None:
+        """Block until work exists; None once closing with an empty queue."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            if self._gatherer is None:
+                return [self._queue.popleft()]
+            count = self._gather_locked(self._gatherer)
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _gather_locked(self, gatherer: BatchGatherer) -> int:
+        """Wait (bounded by the queue delay) until a batch is worth sending; return its length."""
+        deadline = gatherer.deadline(self._queue)
+        while not gatherer.ready(self._queue) and not self._closing:
+            remaining = deadline - _now_ns()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining / 1e9)
+        return gatherer.choose(self._queue)
+
+    def _execute(self, batch: list[_Admitted]) -> None:
+        live: list[_Admitted] = []
+        for admitted in batch:
+            if self._is_cancelled(admitted.job):
+                admitted.job.finish(ProtocolError(CANCELLED, 400))
+            else:
+                live.append(admitted)
+        if not live:
+            return
+        rows = sum(a.rows for a in live)
+        with self._cond:
+            self.in_flight += len(live)
+        start = _now_ns()
+        for admitted in live:
+            admitted.t_start = start
+        try:
+            self.instance.execute([a.job for a in live])
+        except BaseException as exc:  # model code may raise anything, SystemExit included
+            _log.exception("model '%s': execute failed", self.model_name)
+            failure = ProtocolError(f"Failed to process the request(s) for model '{self.model_name}': {exc}", 500)
+            for admitted in live:
+                admitted.job.finish(failure)
+        elapsed = _now_ns() - start
+        if self.stats is not None:
+            self.stats.record_execution(rows, elapsed)
+        with self._cond:
+            self.in_flight -= len(live)
+            self.executions += 1
+            self.inferences += rows
+            self._cond.notify_all()
+
+    @staticmethod
+    def _is_cancelled(job: ExecRequest) -> bool:
+        try:
+            return bool(job.cancelled())
+        except Exception:
+            _log.exception("cancelled() check failed; executing the request anyway")
+            return False
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting; the thread finishes what is queued, then exits. Does not wait."""
+        with self._cond:
+            self._accepting = False
+            self._closing = True
+            self._cond.notify_all()
+
+    def stop(self, drain_timeout: float) -> bool:
+        """Close, let queued and running work finish for up to ``drain_timeout`` s, then join.
+
+        Jobs still queued at the deadline are completed with 503 so no client waits forever.
+        Returns True when the thread has exited (only then is it safe to finalize the instance).
+        """
+        self.close()
+        if self._thread.ident is None:  # never started: nothing can run the queue
+            self._drop_queued()
+            return True
+        self._thread.join(max(0.0, drain_timeout))
+        if self._thread.is_alive():
+            self._drop_queued()
+            self._thread.join(0.05)
+        return not self._thread.is_alive()
+
+    def _drop_queued(self) -> None:
+        with self._cond:
+            dropped = list(self._queue)
+            self._queue.clear()
+        for admitted in dropped:
+            admitted.job.finish(Unavailable(f"model '{self.model_name}' was unloaded before the request could run"))

@@ -1,0 +1,288 @@
+"""``InferenceRequest``, ``InferenceResponse`` and the decoupled response sender."""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from evserve.gpu.python_backend.pb_utils.datatypes import (
+    TRITONSERVER_REQUEST_RELEASE_ALL,
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+)
+from evserve.gpu.python_backend.pb_utils.errors import TritonError, TritonModelException
+from evserve.gpu.python_backend.pb_utils.tensor import Tensor
+
+
+def _checked_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of request/response parameters, refused unless keys are str and values bool/int/str."""
+    if not parameters:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"Expect parameters to be a dict, found type {type(parameters)}")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, (bool, int, str)):
+            raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type {type(value)}")
+    return dict(parameters)
+
+
+def _json(parameters: dict[str, Any]) -> str:
+    return json.dumps(parameters) if parameters else "{}"
+
+
+class PreferredMemory:
+    """Where a BLS caller would like outputs placed; kept so BLS code constructs, then fails in exec()."""
+
+    def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
+        self.preferred_memory_type = preferred_memory_type
+        self.preferred_device_id = preferred_device_id
+
+
+class MemoryType(enum.IntEnum):
+    TRITONSERVER_MEMORY_GPU = 0
+    TRITONSERVER_MEMORY_CPU = 1
+
+
+TRITONSERVER_MEMORY_GPU = MemoryType.TRITONSERVER_MEMORY_GPU
+TRITONSERVER_MEMORY_CPU = MemoryType.TRITONSERVER_MEMORY_CPU
+
+_BLS_UNSUPPORTED = (
+    "BLS is not supported by evserve: InferenceRequest.{method}() cannot run model '{model}' "
+    "(models run in-process; import the other model's code or call it over HTTP)."
+)
+
+
+class InferenceResponse:
+    """A model's answer to one request: output tensors, or an error."""
+
+    def __init__(
+        self,
+        output_tensors: Sequence[Tensor] = (),
+        error: TritonError | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(output_tensors, (list, tuple)):
+            raise TritonModelException('"output_tensors" must be a list.')
+        for tensor in output_tensors:
+            if not isinstance(tensor, Tensor):
+                raise TritonModelException(
+                    f'"output_tensors" must contain pb_utils.Tensor objects, found type {type(tensor)}'
+                )
+        if error is not None and not isinstance(error, TritonError):
+            raise TritonModelException(f'"error" must be a pb_utils.TritonError, found type {type(error)}')
+        self._output_tensors = list(output_tensors)
+        self._error = error
+        self._parameters = _checked_parameters(parameters)
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._output_tensors
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        """The response parameters as a JSON string (Triton returns a string, not a dict)."""
+        return _json(self._parameters)
+
+
+def _never_cancelled() -> bool:
+    return False
+
+
+class InferenceResponseSender:
+    """Sends responses for one request, with Triton's rules on counts and the FINAL flag.
+
+    A decoupled model may send any number of responses and then FINAL. A default-mode model
+    (allowed since Triton 24.06) sends exactly one response, with FINAL or followed by a bare
+    FINAL. Nothing may follow FINAL. ``deliver`` (set by evserve) receives each accepted send,
+    under this sender's lock so that responses keep their order.
+    """
+
+    def __init__(
+        self,
+        decoupled: bool | None,
+        deliver: Callable[[InferenceResponse | None, int], None] | None = None,
+        is_cancelled: Callable[[], bool] = _never_cancelled,
+    ) -> None:
+        self._decoupled = decoupled
+        self._deliver = deliver
+        self._is_cancelled = is_cancelled
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sent = 0
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")
+        if flags == 0 and response is None:
+            raise TritonModelException(
+                "Inference Response object must be provided when the response flags is set to zero."
+            )
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(
+                f"Unable to send response. Expected an InferenceResponse, found type {type(response)}"
+            )
+        with self._lock:
+            self._count(response, flags)
+            if self._deliver is not None:
+                self._deliver(response, flags)
+
+    def _count(self, response: InferenceResponse | None, flags: int) -> None:
+        if self._decoupled is None:
+            raise TritonModelException(
+                "Unable to send response. Response sender has no reference to the decoupled state of the model."
+            )
+        if not self._decoupled:
+            if response is not None and self._sent > 0:
+                raise TritonModelException(
+                    "Unable to send response. Non-decoupled model cannot send more than one response."
+                )
+            if response is None and self._sent == 0:
+                raise TritonModelException(
+                    "Unable to send response. Non-decoupled model cannot send complete final before sending a response."
+                )
+        if self._closed:
+            raise TritonModelException("Unable to send response. Response sender has been closed.")
+        if flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self._closed = True
+        self._sent += 1
+
+    def is_cancelled(self) -> bool:
+        return self._is_cancelled()
+
+    def _close(self) -> None:
+        """Refuse further sends: the request has been answered (or failed) by evserve."""
+        with self._lock:
+            self._closed = True
+
+
+class InferenceRequest:
+    """A request as ``execute`` receives it; constructed by a model, a BLS request (unsupported).
+
+    The constructor has Triton's BLS signature so that BLS code fails at ``exec()`` with a clear
+    message instead of at construction. evserve builds the requests it hands to ``execute``
+    with :meth:`_received`.
+    """
+
+    def __init__(
+        self,
+        request_id: str = "",
+        correlation_id: int | str = 0,
+        inputs: Sequence[Tensor] = (),
+        requested_output_names: Iterable[str] = (),
+        model_name: str = "",
+        model_version: int = -1,
+        flags: int = 0,
+        timeout: int = 0,
+        preferred_memory: PreferredMemory | None = None,
+        trace: object = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(correlation_id, (int, str)):
+            raise TritonModelException("Correlation ID must be integer or string")
+        self._request_id = request_id
+        self._correlation_id = correlation_id
+        self._inputs = list(inputs)
+        self._requested_output_names = set(requested_output_names)
+        self._model_name = model_name
+        self._model_version = model_version
+        self._flags = flags
+        self._timeout = timeout
+        self._parameters = _json(_checked_parameters(parameters))
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
+        self._sender = InferenceResponseSender(None)
+        self._is_cancelled: Callable[[], bool] = _never_cancelled
+
+    @classmethod
+    def _received(
+        cls,
+        *,
+        request_id: str,
+        correlation_id: int | str,
+        inputs: list[Tensor],
+        requested_output_names: Iterable[str],
+        model_name: str,
+        model_version: int,
+        flags: int,
+        parameters_json: str,
+        sender: InferenceResponseSender,
+        is_cancelled: Callable[[], bool],
+    ) -> InferenceRequest:
+        """A request from a client (parameters may include doubles, which BLS ones may not)."""
+        request = cls(
+            request_id=request_id,
+            correlation_id=correlation_id,
+            inputs=inputs,
+            requested_output_names=requested_output_names,
+            model_name=model_name,
+            model_version=model_version,
+            flags=flags,
+        )
+        request._parameters = parameters_json
+        request._sender = sender
+        request._is_cancelled = is_cancelled
+        return request
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        self._flags = flags
+
+    def timeout(self) -> int:
+        return self._timeout
+
+    def parameters(self) -> str:
+        """Request parameters as a JSON string (sequence/priority/timeout keys are not included)."""
+        return self._parameters
+
+    def requested_output_names(self) -> set[str]:
+        """The outputs the client asked for (all of the model's when it named none); a set, as in Triton."""
+        return self._requested_output_names
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        return self._sender
+
+    def is_cancelled(self) -> bool:
+        return self._is_cancelled()
+
+    def set_release_flags(self, flags: int) -> None:
+        self._release_flags = flags
+
+    def exec(self, decoupled: bool = False) -> Any:
+        raise TritonModelException(_BLS_UNSUPPORTED.format(method="exec", model=self._model_name))
+
+    def async_exec(self, decoupled: bool = False) -> Any:
+        raise TritonModelException(_BLS_UNSUPPORTED.format(method="async_exec", model=self._model_name))
+
+
+def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
+    """The request's input called ``name``; None when the request does not carry it."""
+    for tensor in inference_request.inputs():
+        if tensor.name() == name:
+            return tensor
+    return None
+
+
+def get_output_tensor_by_name(inference_response: InferenceResponse, name: str) -> Tensor | None:
+    """The response's output called ``name``; None when it has none."""
+    for tensor in inference_response.output_tensors():
+        if tensor.name() == name:
+            return tensor
+    return None
