@@ -3,32 +3,38 @@
 Theory of operation
 -------------------
 1. **Ownership.** An :class:`HttpConnection` is created on the loop thread that accepted it
-   and is touched only there: its transport, its parser and its queues. Other threads reach
-   it only through :class:`Ticket`, whose methods ``defer`` onto the owning loop.
+   and is touched only there: its transport, its parser, its queues and its state. Other
+   threads reach it only through :class:`Ticket`, whose methods ``defer`` onto the owning loop.
 2. **One request answered at a time.** httptools (llhttp) cannot be paused inside a buffer,
-   so complete requests that arrive pipelined are parsed ahead into ``_ready`` and answered
-   strictly in order. Parse-ahead is bounded: bytes are fed in slices, and once
-   ``max_pipelined_requests`` requests wait, further bytes stay raw in ``_stash`` and reading
-   pauses at ``read_high_water``. Memory per connection is therefore bounded whatever the
-   client sends.
+   so complete requests that arrive pipelined are parsed ahead into the ready queue and
+   answered strictly in order. Parse-ahead is bounded (flow_control.py). Bytes are fed in
+   slices, and once ``max_pipelined_requests`` requests wait, further bytes stay raw in the
+   stash and reading pauses at ``read_high_water``. Memory per connection is therefore
+   bounded whatever the client sends.
 3. **Pause.** A handler that cannot answer at once calls :meth:`Request.pause`, gets a
    :class:`Ticket` and hands it to another thread. The connection keeps reading (bounded) so
-   that a client that goes away is noticed and the ticket is marked cancelled. When the
-   reply comes back through ``defer`` it is written here, and the next request is taken up
-   on a later loop iteration (``call_soon``), as libevhtp's resume event does.
-4. **Limits are counted, not inferred.** llhttp gives strict framing and nothing else; sizes
-   are counted in the callbacks and deadlines are checked by the loop thread's tick
-   (:meth:`check_deadlines`), so a slow or hostile client is closed in bounded time.
+   that a client that goes away is noticed and the ticket is cancelled. When the reply comes
+   back through ``defer`` it is written here. The next request is taken up on a later loop
+   iteration (``FlowControl.schedule_resume``, a ``call_soon``), as libevhtp's resume event
+   does.
+4. **Limits are counted, not inferred.** llhttp gives strict framing and nothing else. Sizes
+   are counted in the callbacks, into the connection's :class:`RequestCycle`. Deadlines are
+   checked by the loop thread's tick (:meth:`check_deadlines`, deadlines.py), so a slow or
+   hostile client is closed in bounded time.
+5. **State is three enums, not flags** (connection_state.py): Lifecycle, Phase and Answer.
+   Each is written only by its ``_set_*`` method, which checks the move against its table.
+   The current request and its ticket are object references beside them. A ticket is live
+   while it ``is`` ``_ticket``, and ``_ticket`` is cleared when the reply is written.
+
+Hot path. The only state a keep-alive request allocates is its :class:`Request`; the
+RequestCycle is reset, not replaced. Enum members are read from module constants, because an
+``Enum.MEMBER`` attribute read costs about as much as the table check itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import re
-import socket
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,45 +42,46 @@ import httptools
 
 from evserve.protocol.http import CONTINUE_100, LAST_CHUNK, chunk, response_head
 from evserve.server import log as server_log
+from evserve.server.connection_state import (
+    ANSWER_MOVES,
+    LIFECYCLE_MOVES,
+    PHASE_MOVES,
+    Answer,
+    IllegalTransition,
+    Lifecycle,
+    Phase,
+)
+from evserve.server.deadlines import Deadlines, Expired
 from evserve.server.exchange import Handler, Request, Response, Ticket
+from evserve.server.flow_control import FlowControl
+from evserve.server.request_cycle import (
+    CloseEntry,
+    ErrorEntry,
+    HeadTooLarge,
+    QueueMarker,
+    Reject,
+    RequestCycle,
+    rejection_for,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from evserve.server.config import Limits
     from evserve.server.loop_thread import LoopThread
 
+__all__ = ["HttpConnection", "Phase"]
+
 log = logging.getLogger("evserve.server")
 
 # Feeding the parser in slices bounds how many pipelined requests one read can produce.
 _SLICE = 4096
-# Per-chunk framing that is not an extension: up to 16 hex digits and two CRLFs.
-_CHUNK_FRAMING = 20
-# tcpi_state values (linux/tcp.h): the peer reset (CLOSE) or sent its FIN (CLOSE_WAIT).
-_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
 # nginx lingering_timeout-style bound on reading and discarding after a final reply.
 _LINGER_SECONDS = 2.0
-# RFC 3986 authority characters (host, port, IPv6 brackets, userinfo is refused by omission of '@').
-_VALID_HOST = re.compile(r"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]+")
 
-
-class Phase(enum.Enum):
-    """Where the connection is in its request cycle; decides which deadline applies."""
-
-    HEAD = "head"  # waiting for or receiving a request head (head deadline)
-    BODY = "body"  # receiving a body (idle gap and minimum rate)
-    IDLE = "idle"  # between requests on a keep-alive connection (keep-alive timeout)
-
-
-class _HeadTooLarge(Exception):
-    """The raw bytes of a request head passed every limit before the parser finished it."""
-
-
-class _Reject(Exception):
-    """Raised inside a parser callback: answer ``status`` with ``message`` and close."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_OPEN, _DRAINING, _CLOSING, _LINGERING, _CLOSED = Lifecycle  # unpacked in definition order
+_HEAD, _BODY, _PHASE_IDLE, _FAILED = Phase.HEAD, Phase.BODY, Phase.IDLE, Phase.FAILED
+_ANSWER_IDLE, _HANDLING, _PAUSED, _STREAMING = Answer.IDLE, Answer.HANDLING, Answer.PAUSED, Answer.STREAMING
+_PEER_GONE, _SEND, _READ = Expired.PEER_GONE, Expired.SEND, Expired.READ
 
 
 class HttpConnection(asyncio.Protocol):
@@ -98,332 +105,261 @@ class HttpConnection(asyncio.Protocol):
         self._loop = owner.loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._ready: deque[Request] = deque()  # complete requests waiting their turn
-        self._stash = bytearray()  # raw bytes not yet fed to the parser
-        self._current: Request | None = None  # the request being answered
-        self._ticket: Ticket | None = None
-        self._streaming = False
-        self._read_paused = False
-        self._write_paused = False
-        self._closing = False
-        self._draining = False
-        self._broken = False  # the parser failed: nothing more is parsed
-        self._resume_scheduled = False
-        self._linger: asyncio.TimerHandle | None = None
-        self._write_paused_since = 0.0
+        self._lifecycle = _OPEN
+        self._phase = _HEAD
+        self._answer = _ANSWER_IDLE
+        self._flow = FlowControl(
+            self._loop, self._resume, high_water=limits.read_high_water, max_ready=limits.max_pipelined_requests
+        )
+        self._deadlines = Deadlines(self._loop, limits)
+        self._current: Request | None = None  # the request being answered (Answer is not IDLE)
+        self._ticket: Ticket | None = None  # its live ticket (Answer is PAUSED or STREAMING)
+        self._linger: asyncio.TimerHandle | None = None  # the bound on a lingering close
         self._seq = 0
         self._served = 0
-        self.phase = Phase.HEAD
-        self._phase_since = self._loop.time()
+        # Raw head bytes fed since the last head completed; httptools joins a header's pieces
+        # before calling back, so this is what bounds what it can accumulate.
+        self._head_fed = 0
+        self._head_cap = limits.max_request_line + limits.max_header_block + _SLICE
 
         # Per-request state (the request being parsed)
-        self._req: Request | None = None
-        self._url = bytearray()
-        self._field = bytearray()
-        self._value = bytearray()
-        self._header_count = 0
-        self._head_bytes = 0
-        self._head_fed = 0
-        self._body_remaining: int | None = None
-        self._chunked = False
-        self._chunks = 0
-        self._body_fed = 0
-        self._body_got = 0
-        self._body_started = 0.0
-        self._last_body = 0.0
-        self._expect_continue = False
+        self._cycle = RequestCycle()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self._lifecycle
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def answer(self) -> Answer:
+        return self._answer
+
+    def _set_lifecycle(self, new: Lifecycle) -> None:
+        if new not in LIFECYCLE_MOVES[self._lifecycle]:
+            raise IllegalTransition(self._lifecycle, new)
+        self._lifecycle = new
+
+    def _set_phase(self, new: Phase) -> None:
+        """Move the parse phase; the phase clock (the read deadline's start) restarts with it."""
+        if new not in PHASE_MOVES[self._phase]:
+            raise IllegalTransition(self._phase, new)
+        self._phase = new
+        self._deadlines.phase_since = self._loop.time()
+
+    def _set_answer(self, new: Answer) -> None:
+        if new not in ANSWER_MOVES[self._answer]:
+            raise IllegalTransition(self._answer, new)
+        self._answer = new
 
     # ------------------------------------------------------------------ transport interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Called by the loop once the accepted socket is attached to this protocol."""
         self._transport = transport  # type: ignore[assignment]
-        self._set_phase(Phase.HEAD)
+        self._flow.attach(transport)  # type: ignore[arg-type]
+        # The head deadline runs from accept.
+        self._deadlines.phase_since = self._loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Called by the loop when the socket is closed, by either side."""
-        self._closing = True
+        self._set_lifecycle(_CLOSED)
         self._transport = None
+        self._flow.detach()
         if self._linger is not None:
             self._linger.cancel()
         if self._ticket is not None:
             # The client left while its request was with a worker: Triton issue 7077.
-            self._ticket._cancelled = True
-        self._ready.clear()
-        self._stash.clear()
+            self._ticket.cancel()
         if self._on_close is not None:
             self._on_close(self)
 
     def eof_received(self) -> bool | None:
         """The client half-closed. Finish what is in flight, then close (returning False closes)."""
-        if self._linger is not None:
+        if self._lifecycle is _LINGERING:
             return False
-        if self._current is None and not self._ready:
+        if self._answer is _ANSWER_IDLE and not self._flow.ready:
             return False
         if self._ticket is not None:
             # The client left while its request was with a worker: close, which cancels the ticket.
             return False
-        # Keep the transport open to write the pending replies; close after the last one.
-        self._draining = True
+        # Keep the transport open to write the reply now owed; DRAINING makes it the last.
+        if self._lifecycle is _OPEN:
+            self._set_lifecycle(_DRAINING)
         return True
 
     def pause_writing(self) -> None:
         """The transport's write buffer passed its high-water mark: stop producing replies."""
-        self._write_paused = True
-        self._write_paused_since = self._loop.time()
-        self._pause_reading()
+        self._flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        """The transport's write buffer drained below its low-water mark: take up the queue again."""
+        self._flow.resume_writing()
         self._schedule_resume()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._broken:
+        if self._lifecycle >= _CLOSING or self._phase is _FAILED:
             return
-        if self._stash or len(self._ready) >= self._limits.max_pipelined_requests:
-            self._keep(data)
+        flow = self._flow
+        if flow.stash or len(flow.ready) >= flow.max_ready:
+            flow.keep(data)
             return
         self._feed(memoryview(data))
         self._dispatch()
 
     # ------------------------------------------------------------------ feeding the parser
 
-    def _keep(self, data: bytes | memoryview) -> None:
-        self._stash += data
-        if len(self._stash) > self._limits.read_high_water:
-            self._pause_reading()
-
     def _feed(self, data: memoryview) -> None:
         """Feed ``data`` in slices until it is used up or enough requests wait; keep the rest."""
+        flow = self._flow
+        ready = flow.ready
         offset = 0
         total = len(data)
-        while offset < total and not self._broken:
-            if len(self._ready) >= self._limits.max_pipelined_requests:
-                self._keep(data[offset:])
+        while offset < total and self._phase is not _FAILED:
+            if len(ready) >= flow.max_ready:
+                flow.keep(data[offset:])
                 return
-            size = self._slice_size()
-            piece = data[offset : offset + size]
+            cycle = self._cycle
+            in_body = self._phase is _BODY
+            if in_body and cycle.body_remaining is not None:
+                piece = data[offset : offset + cycle.body_remaining + _SLICE]
+            else:
+                # Chunked bodies go in small slices too: the chunk-extension check allows one slice of
+                # slack (it may hold the next request's bytes), so the slice bounds the overshoot.
+                piece = data[offset : offset + _SLICE]
             offset += len(piece)
             try:
-                if self.phase is Phase.BODY:
-                    self._body_fed += len(piece)
+                if in_body:
+                    cycle.body_fed += len(piece)
                 else:
-                    # httptools joins a header's pieces before calling back, so the raw bytes of
-                    # the head are counted here to bound what it can accumulate.
                     self._head_fed += len(piece)
-                    if self._head_fed > self._limits.max_request_line + self._limits.max_header_block + _SLICE:
-                        raise _HeadTooLarge
+                    if self._head_fed > self._head_cap:
+                        raise HeadTooLarge
                 self._parser.feed_data(piece)
-                if self.phase is Phase.BODY and self._chunked:
-                    self._check_extensions()
-            except _Reject as exc:
-                self._reject_after_queue(exc)
-                return
-            except _HeadTooLarge:
-                # on_url enforces the 414 as the target arrives, so what overflows here is a header field.
-                self._reject_after_queue(_Reject(431, "Request Header Fields Too Large"))
-                return
-            except httptools.HttpParserUpgrade:
-                # Upgrade/CONNECT: never switch protocols. The request already parsed is answered,
-                # then the connection closes because the bytes after it are not HTTP/1.1.
-                self._reject_after_queue(None)
-                return
-            except httptools.HttpParserCallbackError as exc:
-                cause = exc.__context__
-                if isinstance(cause, _Reject):
-                    self._reject_after_queue(cause)
-                else:
-                    log.error("parser callback failed", exc_info=cause or exc)
-                    self._reject_after_queue(_Reject(500, "Internal Server Error"))
-                return
-            except httptools.HttpParserError as exc:
-                self._reject_after_queue(_Reject(400, f"Bad Request: {exc}"))
+                if self._phase is _BODY and self._cycle.chunked:
+                    # Chunked bodies are fed in _SLICE pieces, so one slice is the slack.
+                    self._cycle.check_extensions(self._limits, _SLICE)
+            except (Reject, HeadTooLarge, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                self._reject_after_queue(rejection_for(exc))
                 return
 
-    def _slice_size(self) -> int:
-        if self.phase is Phase.BODY and self._body_remaining is not None:
-            return self._body_remaining + _SLICE
-        # Chunked bodies go in small slices too: the chunk-extension check allows one slice of
-        # slack (it may hold the next request's bytes), so the slice bounds the overshoot.
-        return _SLICE
+    def _reject_after_queue(self, reject: Reject | None) -> None:
+        """Stop parsing, and queue the error (or a close) behind the requests already parsed.
 
-    def _reject_after_queue(self, reject: _Reject | None) -> None:
-        """Stop parsing; answer the requests already queued, then the error, then close."""
-        self._broken = True
-        self._stash.clear()
-        self._pause_reading()
-        if reject is not None:
-            self._ready.append(_ErrorRequest(self, reject))
-        else:
-            self._ready.append(_CloseMarker(self, -1))
+        Phase FAILED makes the next reply written the last one (it says Connection: close). So
+        the error itself goes out only when no reply was owed before it; otherwise the reply
+        owed is written, and the connection closes after it.
+        """
+        self._set_phase(_FAILED)
+        flow = self._flow
+        flow.stash.clear()
+        flow.pause_reading()
+        flow.ready.append(ErrorEntry(self, reject) if reject is not None else CloseEntry(self, -1))
 
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
         self._seq += 1
-        self._req = Request(self, self._seq)
-        self._url.clear()
-        self._field.clear()
-        self._value.clear()
-        self._header_count = 0
-        self._head_bytes = 0
-        self._body_remaining = None
-        self._chunked = False
-        self._chunks = 0
-        self._body_fed = 0
-        self._body_got = 0
-        self._expect_continue = False
-        if self.phase is Phase.IDLE:
-            self._set_phase(Phase.HEAD)
+        self._cycle.begin(Request(self, self._seq))
+        if self._phase is _PHASE_IDLE:
+            self._set_phase(_HEAD)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._limits.max_request_line:
-            raise _Reject(414, "URI Too Long")
+        target = self._cycle.url
+        target += url
+        if len(target) > self._limits.max_request_line:
+            raise Reject(414, "URI Too Long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # httptools joins split names and values before calling this.
+        cycle = self._cycle
+        limits = self._limits
         size = len(name) + len(value)
-        self._header_count += 1
-        self._head_bytes += size + 4
-        if size > self._limits.max_header_field:
-            raise _Reject(431, "Request Header Fields Too Large: a header field is too large")
-        if self._header_count > self._limits.max_headers:
-            raise _Reject(431, "Request Header Fields Too Large: too many header fields")
-        if self._head_bytes > self._limits.max_header_block:
-            raise _Reject(431, "Request Header Fields Too Large: the header block is too large")
-        assert self._req is not None
-        self._req.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        cycle.header_count += 1
+        cycle.head_bytes += size + 4
+        if size > limits.max_header_field:
+            raise Reject(431, "Request Header Fields Too Large: a header field is too large")
+        if cycle.header_count > limits.max_headers:
+            raise Reject(431, "Request Header Fields Too Large: too many header fields")
+        if cycle.head_bytes > limits.max_header_block:
+            raise Reject(431, "Request Header Fields Too Large: the header block is too large")
+        cycle.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        req = self._req
+        cycle = self._cycle
+        req = cycle.request
         assert req is not None
         parser = self._parser
         req.version = parser.get_http_version()
         req.method = parser.get_method().decode("ascii", "replace")
         req.keep_alive = parser.should_keep_alive()
-        self._split_url(req)
-        if req.version not in ("1.0", "1.1"):
-            raise _Reject(505, "HTTP Version Not Supported")
-        self._check_host(req)
-        if req.method == "CONNECT":
-            raise _Reject(405, "Method Not Allowed")
-        length = req.header("content-length")
-        te = req.header("transfer-encoding")
-        if te is not None:
-            if req.version == "1.0":
-                raise _Reject(400, "Bad Request: Transfer-Encoding is not allowed on HTTP/1.0")
-            self._chunked = True
-        elif length is not None:
-            # llhttp has already refused malformed and duplicate values.
-            declared = int(length)
-            if declared > self._limits.max_input_size:
-                raise _Reject(413, self._too_large_message(declared))
-            self._body_remaining = declared
-        expect = req.header("expect")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                raise _Reject(417, "Expectation Failed")
-            if req.version == "1.1" and (self._chunked or (self._body_remaining or 0) > 0):
-                self._expect_continue = True
-                self._send_continue_if_turn()
+        cycle.head_complete(req, self._limits)
+        if cycle.expect_continue:
+            self._send_continue_if_turn()
         self._head_fed = 0
-        if self._chunked or self._body_remaining:
+        if cycle.chunked or cycle.body_remaining:
             now = self._loop.time()
-            self._body_started = now
-            self._last_body = now
-            self._set_phase(Phase.BODY)
+            cycle.body_started = now
+            cycle.last_body = now
+            self._set_phase(_BODY)
 
     def on_body(self, body: bytes) -> None:
-        if self._chunked:
-            self._check_chunk_count()
-        self._body_got += len(body)
-        self._last_body = self._loop.time()
-        if self._body_remaining is not None:
-            self._body_remaining -= len(body)
-        if self._body_got > self._limits.max_input_size:
-            raise _Reject(413, self._too_large_message(self._body_got))
-        assert self._req is not None
-        self._req.body += body
+        cycle = self._cycle
+        if cycle.chunked:
+            cycle.check_chunk_count(self._limits)
+        cycle.body_got += len(body)
+        cycle.last_body = self._loop.time()
+        if cycle.body_remaining is not None:
+            cycle.body_remaining -= len(body)
+        if cycle.body_got > self._limits.max_input_size:
+            raise too_large(cycle.body_got, self._limits)
+        cycle.body += body
 
     def on_chunk_header(self) -> None:
-        self._chunks += 1
-        self._check_extensions()
-
-    def _check_chunk_count(self) -> None:
-        if self._chunks > self._limits.max_chunks:
-            raise _Reject(
-                400,
-                f"Chunked request body exceeds maximum of {self._limits.max_chunks} non-empty chunks. "
-                "Send fewer or larger HTTP chunks.",
-            )
-
-    def _check_extensions(self) -> None:
-        framing = self._body_fed - self._body_got
-        # Tolerance of one slice: the slice being fed may hold bytes of the next request.
-        if framing > self._limits.max_chunk_extensions + _CHUNK_FRAMING * (self._chunks + 1) + _SLICE:
-            raise _Reject(400, "Bad Request: chunk extensions are too large")
+        cycle = self._cycle
+        cycle.chunks += 1
+        cycle.check_extensions(self._limits, _SLICE)
 
     def on_message_complete(self) -> None:
-        req = self._req
+        cycle = self._cycle
+        req = cycle.request
         assert req is not None
-        self._req = None
-        if self._served + len(self._ready) + 1 >= self._limits.max_requests_per_connection:
+        cycle.request = None  # the ready queue owns it now
+        ready = self._flow.ready
+        if self._served + len(ready) + 1 >= self._limits.max_requests_per_connection:
             req.keep_alive = False
-        self._ready.append(req)
+        ready.append(req)
         self._head_fed = 0
-        self._set_phase(Phase.IDLE)
-
-    # ------------------------------------------------------------------ request checks
-
-    def _split_url(self, req: Request) -> None:
-        raw = bytes(self._url)
-        path, _, query = raw.partition(b"?")
-        path, _, _ = path.partition(b"#")
-        if path[:7].lower() == b"http://":
-            # Absolute form (RFC 9112 §3.2.2): servers must accept it; the path starts after the authority.
-            slash = path.find(b"/", 7)
-            path = path[slash:] if slash >= 0 else b"/"
-        # llhttp has refused raw non-ASCII and control bytes in the target already.
-        req.path = path.decode("ascii", "replace")
-        req.query = query.decode("ascii", "replace")
-
-    @staticmethod
-    def _check_host(req: Request) -> None:
-        hosts = [v for k, v in req.headers if k == "host"]
-        if len(hosts) > 1:
-            raise _Reject(400, "Bad Request: more than one Host header")
-        if req.version == "1.1" and not hosts:
-            raise _Reject(400, "Bad Request: missing Host header")
-        if hosts and not _VALID_HOST.fullmatch(hosts[0]):
-            raise _Reject(400, "Bad Request: invalid Host header")
-
-    def _too_large_message(self, size: int) -> str:
-        return (
-            f"request body of {size} bytes exceeds the maximum allowed value of "
-            f"{self._limits.max_input_size} bytes. Use --http-max-input-size to increase the limit."
-        )
-
-    def _send_continue_if_turn(self) -> None:
-        """100 Continue goes out only when this request is next to be answered (order on the wire)."""
-        if self._expect_continue and self._current is None and not self._ready and self._transport:
-            self._expect_continue = False
-            self._transport.write(CONTINUE_100)
-            # The client sends the body only now: its clock starts here.
-            self._last_body = self._body_started = self._loop.time()
+        self._set_phase(_PHASE_IDLE)
 
     # ------------------------------------------------------------------ answering requests
 
+    def _send_continue_if_turn(self) -> None:
+        """100 Continue goes out only when this request is next to be answered (order on the wire)."""
+        cycle = self._cycle
+        if cycle.expect_continue and self._answer is _ANSWER_IDLE and not self._flow.ready and self._transport:
+            cycle.expect_continue = False
+            self._transport.write(CONTINUE_100)
+            # The client sends the body only now: its clock starts here.
+            cycle.last_body = cycle.body_started = self._loop.time()
+
     def _dispatch(self) -> None:
         """Answer queued requests in order until one is paused or the queue is empty."""
-        while self._current is None and self._ready and not self._closing and not self._write_paused:
-            req = self._ready.popleft()
+        flow = self._flow
+        ready = flow.ready
+        while self._answer is _ANSWER_IDLE and ready and self._lifecycle < _CLOSING and not flow.write_paused:
+            req = ready.popleft()
             self._current = req
-            if isinstance(req, _ErrorRequest):
-                self._write(Response.error(req.reject.status, req.reject.message, ()), close=True)
-                return
-            if isinstance(req, _CloseMarker):
-                self._close()
+            self._set_answer(_HANDLING)
+            if isinstance(req, QueueMarker):
+                if isinstance(req, ErrorEntry):
+                    self._write(Response.error(req.reject.status, req.reject.message, ()), close=True)
+                else:
+                    self._close()
                 return
             if self._on_request is not None:
                 self._on_request()
@@ -441,36 +377,36 @@ class HttpConnection(asyncio.Protocol):
         self._after_dispatch()
 
     def _after_dispatch(self) -> None:
-        if self._closing:
+        if self._lifecycle >= _CLOSING:
             return
-        if self._current is None and not self._ready:
-            if self._draining:
+        flow = self._flow
+        if self._answer is _ANSWER_IDLE and not flow.ready:
+            if self._lifecycle is _DRAINING:
                 self._close()
                 return
-            self._send_continue_if_turn()
-            if self._stash:
+            if self._cycle.expect_continue:
+                self._send_continue_if_turn()
+            if flow.stash:
                 # Kept bytes hold more requests: take them up on a later iteration.
                 self._schedule_resume()
-        self._resume_reading_if_possible()
-
-    def _restart_clocks(self) -> None:
-        """A reply is out: the read deadlines were suspended while busy, so restart them now."""
-        now = self._loop.time()
-        self._phase_since = now
-        if self.phase is Phase.BODY:
-            self._last_body = now
-            self._body_started = now
+        if flow.read_paused and self._phase is not _FAILED:
+            flow.resume_reading_if_room()
 
     def _write(self, response: Response, *, close: bool) -> None:
-        """Write a complete reply for ``_current`` (on the owning thread only)."""
+        """Write a complete reply for ``_current`` (on the owning thread only).
+
+        The request and its ticket are forgotten first, so a second reply for them finds
+        nothing to answer, even when the transport is already gone.
+        """
         self.owner.assert_owner()
         req = self._current
         transport = self._transport
         self._current = None
         self._ticket = None
+        self._set_answer(_ANSWER_IDLE)
         if transport is None or transport.is_closing():
             return
-        keep_alive = not (close or response.close or self._broken or self._draining or self._closing)
+        keep_alive = not (close or response.close) and self._lifecycle is _OPEN and self._phase is not _FAILED
         if req is not None and not req.keep_alive:
             keep_alive = False
         headers = response.headers
@@ -489,203 +425,159 @@ class HttpConnection(asyncio.Protocol):
         if server_log.ACCESS_LOG and req is not None:
             server_log.log_access(req.method, req.path, req.version, response.status, response.body_length)
         self._served += 1
-        self._restart_clocks()
+        self._deadlines.restart(self._phase, self._cycle)
         if not keep_alive:
             self._close()
 
     def _close(self) -> None:
-        unread = self._broken or bool(self._stash or self._ready) or self._req is not None
-        self._closing = True
-        transport = self._transport
-        if transport is None or transport.is_closing() or self._linger is not None:
+        """Begin the close: at once when nothing is unread, lingering otherwise (once only)."""
+        if self._lifecycle >= _CLOSING:
             return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._set_lifecycle(_CLOSING)
+            return
+        flow = self._flow
+        unread = self._phase is _FAILED or bool(flow.stash or flow.ready) or self._cycle.request is not None
         if not unread or not transport.can_write_eof():
+            self._set_lifecycle(_CLOSING)
             transport.close()
             return
         # Lingering close (nginx lingering_close): closing a socket with unread input makes the
         # kernel send an RST that destroys the replies not yet delivered. Send FIN, read and
         # discard what the client still sends, close on its EOF or after a bound.
-        self._stash.clear()
-        self._ready.clear()
+        self._set_lifecycle(_LINGERING)
+        flow.discard_input()
         transport.write_eof()
-        if self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
+        flow.resume_reading()
         self._linger = self._loop.call_later(_LINGER_SECONDS, transport.close)
 
     # ------------------------------------------------------------------ pause / resume
 
     def _pause(self, req: Request) -> Ticket:
+        """Request.pause(): hand out the one ticket of the request being answered."""
         self.owner.assert_owner()
-        if req is not self._current or self._ticket is not None:
+        if req is not self._current or self._answer is not _HANDLING:
             raise RuntimeError("only the request being answered can be paused, once")
         self._ticket = Ticket(self, req._seq)
+        self._set_answer(_PAUSED)
         return self._ticket
 
-    def _live_ticket(self, ticket: Ticket) -> bool:
-        """True if ``ticket`` still belongs to the request this connection is answering."""
-        if ticket._finished or ticket is not self._ticket or self._transport is None:
-            return False
-        return True
-
     def _finish_ticket(self, ticket: Ticket, response: Response) -> None:
-        if not self._live_ticket(ticket):
-            ticket._finished = True
+        """Ticket.finish(), run on the owning loop.
+
+        A ticket that is not ``_ticket`` was answered already, or belongs to an earlier request.
+        A lost transport means its client left. Either way the reply is dropped.
+        """
+        if ticket is not self._ticket or self._transport is None:
             return
-        if self._streaming:
+        if self._answer is _STREAMING:
             # A complete reply cannot follow a chunked head: end the stream and close instead.
             log.error("a ticket finished with a complete reply after starting a stream; closing")
             self._stream_end(ticket)
             self._close()
             return
-        ticket._finished = True
         self._write(response, close=False)
         self._schedule_resume()
 
     def _stream_start(self, ticket: Ticket, status: int, headers: list[tuple[str, str]]) -> None:
-        if not self._live_ticket(ticket) or self._streaming:
+        if ticket is not self._ticket or self._transport is None or self._answer is not _PAUSED:
             return
         self.owner.assert_owner()
-        self._streaming = True
+        self._set_answer(_STREAMING)
         req = self._current
-        keep_alive = bool(req and req.keep_alive) and not self._draining
+        # A live ticket means no close has begun (connection_state.py, rule 4), so only DRAINING
+        # can forbid keep-alive here.
+        keep_alive = bool(req and req.keep_alive) and self._lifecycle is not _DRAINING
         head = response_head(status, headers, content_length=None, keep_alive=keep_alive)
-        assert self._transport is not None
         self._transport.write(head)
 
     def _stream_chunk(self, ticket: Ticket, data: bytes) -> None:
-        if self._live_ticket(ticket) and self._streaming and self._transport is not None:
+        if ticket is self._ticket and self._answer is _STREAMING and self._transport is not None:
             self.owner.assert_owner()
             if self._current is not None and self._current.method == "HEAD":
                 return
             self._transport.writelines(chunk(data))
 
     def _stream_end(self, ticket: Ticket) -> None:
-        if not self._live_ticket(ticket) or not self._streaming or self._transport is None:
-            ticket._finished = True
+        transport = self._transport
+        if ticket is not self._ticket or self._answer is not _STREAMING or transport is None:
             return
         self.owner.assert_owner()
-        ticket._finished = True
-        self._streaming = False
         req = self._current
         self._current = None
         self._ticket = None
+        self._set_answer(_ANSWER_IDLE)
         if req is None or req.method != "HEAD":
-            self._transport.write(LAST_CHUNK)
+            transport.write(LAST_CHUNK)
         self._served += 1
-        self._restart_clocks()
-        if req is None or not req.keep_alive or self._draining or self._broken:
+        self._deadlines.restart(self._phase, self._cycle)
+        if req is None or not req.keep_alive or self._lifecycle is _DRAINING or self._phase is _FAILED:
             self._close()
             return
         self._schedule_resume()
 
     def _schedule_resume(self) -> None:
-        if not self._resume_scheduled and not self._closing:
-            self._resume_scheduled = True
-            self._loop.call_soon(self._resume)
+        if self._lifecycle < _CLOSING:
+            self._flow.schedule_resume()
 
     def _resume(self) -> None:
         """Take up the next request: feed kept bytes, answer what is queued (libevhtp's resumecb)."""
-        self._resume_scheduled = False
-        if self._closing or self._write_paused:
+        flow = self._flow
+        if self._lifecycle >= _CLOSING or flow.write_paused:
             return
-        if self._stash and len(self._ready) < self._limits.max_pipelined_requests and not self._broken:
-            kept = bytes(self._stash)
-            self._stash.clear()
-            self._feed(memoryview(kept))
+        if flow.stash and len(flow.ready) < flow.max_ready and self._phase is not _FAILED:
+            self._feed(memoryview(flow.take_stash()))
         self._dispatch()
-
-    def _pause_reading(self) -> None:
-        if not self._read_paused and self._transport is not None and not self._transport.is_closing():
-            self._read_paused = True
-            self._transport.pause_reading()
-
-    def _resume_reading_if_possible(self) -> None:
-        if (
-            self._read_paused
-            and not self._broken
-            and not self._write_paused
-            and len(self._stash) <= self._limits.read_high_water
-            and len(self._ready) < self._limits.max_pipelined_requests
-            and self._transport is not None
-            and not self._transport.is_closing()
-        ):
-            self._read_paused = False
-            self._transport.resume_reading()
 
     # ------------------------------------------------------------------ deadlines and shutdown
 
-    def _set_phase(self, phase: Phase) -> None:
-        self.phase = phase
-        self._phase_since = self._loop.time()
-
     @property
     def closed(self) -> bool:
-        return self._transport is None and self._closing
+        return self._lifecycle is _CLOSED
 
     @property
     def busy(self) -> bool:
-        return self._current is not None or bool(self._ready) or self._req is not None
+        return self._answer is not _ANSWER_IDLE or bool(self._flow.ready) or self._cycle.request is not None
 
     def check_deadlines(self, now: float) -> None:
-        """Called by the loop thread's tick: enforce the head, body and keep-alive deadlines."""
-        if self._ticket is not None and self._read_paused and self._peer_gone():
-            self._ticket._cancelled = True
-            self.abort()
+        """Called by the loop thread's tick: enforce the head, body, keep-alive and send deadlines."""
+        expired = self._deadlines.check(
+            now,
+            self._phase,
+            self._cycle,
+            self._flow,
+            self._transport,
+            paused=self._ticket is not None,
+            owed=self._lifecycle >= _CLOSING or self._answer is not _ANSWER_IDLE or bool(self._flow.ready),
+        )
+        if expired is None:
             return
-        if self._write_paused and now - self._write_paused_since > self._limits.send_timeout:
+        if expired is _PEER_GONE:
+            assert self._ticket is not None
+            self._ticket.cancel()
+            self.abort()
+        elif expired is _SEND:
             # nginx send_timeout: a client that stops reading its replies does not hold them forever.
             self.abort()
-            return
-        if self._closing or self._current is not None or self._ready:
-            return
-        limits = self._limits
-        if self.phase is Phase.HEAD and now - self._phase_since > limits.head_timeout:
+        elif expired is _READ:
             self._timeout()
-        elif self.phase is Phase.BODY:
-            stalled = now - self._last_body > limits.body_timeout
-            elapsed = now - self._body_started
-            too_slow = elapsed > limits.body_timeout and self._body_got / elapsed < limits.body_min_rate
-            if stalled or too_slow:
-                self._timeout()
-        elif self.phase is Phase.IDLE and now - self._phase_since > limits.keepalive_timeout:
+        else:
             self._close()
 
-    def _peer_gone(self) -> bool:
-        """Reading is paused, so EOF/RST go unseen: ask the kernel for the TCP state (Linux)."""
-        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
-        if sock is None or not hasattr(socket, "TCP_INFO"):
-            return False
-        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
-
     def _timeout(self) -> None:
-        self._broken = True
-        self._current = _ErrorRequest(self, _Reject(408, "Request Timeout"))
+        self._set_phase(_FAILED)
+        self._current = ErrorEntry(self, Reject(408, "Request Timeout"))
+        self._set_answer(_HANDLING)
         self._write(Response.error(408, "Request Timeout"), close=True)
 
     def begin_drain(self) -> None:
-        """Server stop: close at once if idle, else after the replies already owed."""
-        self._draining = True
+        """Server stop: close at once if idle, else after the reply now owed."""
+        if self._lifecycle is _OPEN:
+            self._set_lifecycle(_DRAINING)
         if not self.busy:
             self._close()
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-
-class _ErrorRequest(Request):
-    """A queue entry that stands for a framing or limit error to answer in turn."""
-
-    __slots__ = ("reject",)
-
-    def __init__(self, conn: HttpConnection, reject: _Reject) -> None:
-        super().__init__(conn, -1)
-        self.reject = reject
-
-
-class _CloseMarker(Request):
-    """A queue entry that closes the connection once the replies before it are written."""
-
-    __slots__ = ()

@@ -92,15 +92,20 @@ class Ticket:
     Every method may be called from any thread. Each one defers onto the owning loop, so the
     reply is written by the thread that owns the connection, in the order the calls were
     made. A ticket whose client has gone away reports ``cancelled()``; its reply is dropped.
+
+    Whether the ticket is still live is the connection's to know, not the ticket's. The
+    connection answers a ticket only while it ``is`` the one it handed out for the request being
+    answered, and it forgets it once the reply is written. So a second ``finish()``, or an
+    ``end()`` after the stream ended, reaches a connection that no longer knows the ticket and
+    is dropped.
     """
 
-    __slots__ = ("_conn", "_seq", "_cancelled", "_finished")
+    __slots__ = ("_conn", "_seq", "_cancelled")
 
     def __init__(self, conn: HttpConnection, seq: int) -> None:
         self._conn = conn
         self._seq = seq
         self._cancelled = False
-        self._finished = False
 
     @property
     def owner(self) -> LoopThread:
@@ -108,6 +113,16 @@ class Ticket:
 
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def cancel(self) -> None:
+        """Mark the ticket cancelled: no one is left to answer, so its work may stop and its reply is dropped.
+
+        The connection calls it on its loop thread when the client goes away (Triton issue 7077).
+        The ticket calls it itself when the owning loop has stopped. It is one attribute store,
+        so a worker on another thread sees it at its next ``cancelled()``. Cancelling twice is
+        harmless.
+        """
+        self._cancelled = True
 
     def finish(self, response: Response) -> None:
         """Send the complete reply and resume the connection."""
@@ -128,7 +143,7 @@ class Ticket:
             self._conn.owner.defer(fn, *args)
         except DeferClosed:
             # The loop has stopped: its connections are gone, so there is no one to answer.
-            self._cancelled = True
+            self.cancel()
 
 
 Handler = Callable[[Request], "Response | None"]

@@ -120,7 +120,7 @@ def test_pipelined_bytes_sent_while_paused_are_answered_after(any_server: ProbeS
 
 def _connection_queue(server: ProbeServer) -> tuple[int, int]:
     (conn,) = server.connections()
-    return conn.owner.run_sync(lambda: (len(conn._ready), len(conn._stash)), timeout=5)
+    return conn.owner.run_sync(lambda: (len(conn._flow.ready), len(conn._flow.stash)), timeout=5)
 
 
 def test_bytes_kept_while_paused_are_bounded(make_server: ServerFactory) -> None:

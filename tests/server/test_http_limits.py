@@ -331,7 +331,7 @@ def _flood_state(server: ProbeServer) -> list[tuple[int, int, int, bool]]:
     def state(conn: HttpConnection) -> tuple[int, int, int, bool]:
         transport = conn._transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
-        return len(conn._stash), len(conn._ready), buffered, conn._read_paused
+        return len(conn._flow.stash), len(conn._flow.ready), buffered, conn._flow.read_paused
 
     result = []
     for conn in server.connections():
