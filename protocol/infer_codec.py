@@ -24,6 +24,7 @@ from evserve.protocol import json_codec, msgpack_codec
 from evserve.protocol.binary_codec import HEADER_LENGTH_NAME, array_from_bytes, raw_request_input
 from evserve.protocol.errors import BadRequest
 from evserve.protocol.json_codec import NESTING_MESSAGE, array_from_data
+from evserve.protocol.request_plan import decode_common
 from evserve.protocol.response_codec import encode_infer_response
 from evserve.protocol.types import InferRequest, InputTensor, ModelSignature, RequestedOutput
 from evserve.protocol.validate import (
@@ -99,6 +100,10 @@ def decode_infer_request(
     document = msgpack_codec.unpack(head) if msgpack else json_codec.loads(head, depth_error=NESTING_MESSAGE)
     if not isinstance(document, dict):
         raise BadRequest("Unable to parse the inference request: expected an object at the top level")
+    if not msgpack:
+        common = decode_common(document, view[head_length:], signature.plan, max_input_size)
+        if common is not None:
+            return common
     request = InferRequest(signature.name, signature.version, msgpack=msgpack)
     request.id = _request_id(document)
     request.parameters, request.binary_data_output = _request_parameters(document)

@@ -27,13 +27,24 @@ class TensorSpec:
 
 @dataclass(frozen=True, slots=True)
 class ModelSignature:
-    """What request validation needs to know of one model version."""
+    """What request validation needs to know of one model version.
+
+    ``plan`` is derived once, here, for the decoder's common path
+    (:class:`evserve.protocol.request_plan.RequestPlan`).
+    """
 
     name: str
     version: str
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    plan: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        # Imported here: request_plan builds the request types defined in this module.
+        from evserve.protocol.request_plan import RequestPlan
+
+        object.__setattr__(self, "plan", RequestPlan(self))
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:
