@@ -143,10 +143,15 @@ def evserve_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "evserve.server"]
 
 
-def evserve_argv(port: int, threads: int) -> list[str]:
-    """evserve on ``port`` with ``threads`` loop threads; metrics off, on a port of their own so none clash."""
+def evserve_argv(port: int, threads: int, repository: Path | None = None) -> list[str]:
+    """evserve on ``port`` with ``threads`` loop threads; metrics off, on a port of their own so none clash.
+
+    ``repository`` replaces the bundled example repository (compare.py serves Triton and evserve
+    the same two-model repository, so both load the same models).
+    """
+    extra = ["--model-repository", str(repository)] if repository is not None else []
     return [*evserve_command(), "--threads", str(threads), "--http-port", str(port),
-            "--metrics-port", str(free_port()), "--allow-metrics=false"]
+            "--metrics-port", str(free_port()), "--allow-metrics=false", *extra]
 
 
 def _version(distribution: str) -> str:
@@ -205,18 +210,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_request(port: int, method: str, path: str, body: bytes | None = None, *,
-                 headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    """One request on a fresh connection → (status, body); a body defaults to JSON."""
+def http_exchange(port: int, method: str, path: str, body: bytes | None = None, *,
+                  headers: dict[str, str] | None = None,
+                  timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection → (status, headers with lower-case names, body); a body defaults to JSON."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         if headers is None:
             headers = {"Content-Type": "application/json"} if body is not None else {}
         conn.request(method, path, body=body, headers=headers)
         reply = conn.getresponse()
-        return reply.status, reply.read()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
     finally:
         conn.close()
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None, *,
+                 headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """``http_exchange`` without the reply headers."""
+    status, _, reply = http_exchange(port, method, path, body, headers=headers, timeout=timeout)
+    return status, reply
 
 
 def request_ok(port: int, method: str, path: str, body: bytes | None = None, *,
@@ -245,6 +258,12 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def pid(self) -> int:
+        """The server's pid (taskset execs the server, so it is the server's own), for CPU accounting."""
+        assert self._proc is not None
+        return self._proc.pid
 
     def wait_ready(self, timeout: float) -> None:
         """Poll ``ready_path`` until 200; raise BenchError with the log tail if it dies or never answers."""
@@ -278,6 +297,15 @@ class ServerProcess:
         text = Path(self._log.name).read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:]) if text else "(no output)"
 
+    @staticmethod
+    def _kill_leftovers(pgid: int) -> None:
+        """SIGKILL whatever is left of the server's process group (Triton's python-backend stubs,
+        should one outlive its parent): the next configuration must have the core to itself."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def stop(self, grace: float = 15.0) -> None:
         if self._proc is None:
             return
@@ -288,6 +316,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._kill_leftovers(self._proc.pid)
         self._proc = None
         self._log.close()
         os.unlink(self._log.name)
