@@ -76,11 +76,12 @@ def _reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.nd
 
 def _output_tensor(tensor: pb_utils.Tensor) -> OutputTensor:
     array = tensor._array
-    if not tensor.is_cpu():
+    if type(array) is not np.ndarray and not isinstance(array, np.ndarray):
         array = array.get()  # CuPy → NumPy: the wire needs host memory
-    if tensor._datatype == "BYTES":
+    datatype = tensor._datatype
+    if datatype == "BYTES":
         array = _host_bytes_array(array)
-    return OutputTensor(tensor.name(), tensor._datatype, tuple(array.shape), array)
+    return OutputTensor(tensor._name, datatype, array.shape, array)
 
 
 class PythonModelInstance:
@@ -97,6 +98,7 @@ class PythonModelInstance:
         # the client sends and receives `dims` (Triton's rule). The batch dimension is kept.
         self._batched = config.max_batch_size > 0
         self._input_shapes = _reshapes(config.raw.get("input", ()), "reshape")
+        self.reshapes_inputs = bool(self._input_shapes)
         self._output_dims = {
             name: tuple(entry["dims"])
             for name, entry in ((e["name"], e) for e in config.raw.get("output", ()))
@@ -116,7 +118,7 @@ class PythonModelInstance:
         replies = [Reply(self, job) for job in batch]
         try:
             result = self.model.execute([reply.request for reply in replies])
-            if inspect.iscoroutine(result):
+            if type(result) is not list and inspect.iscoroutine(result):
                 if self.decoupled:
                     self._async_runner().submit(result, lambda future: self._async_done(future, replies))
                     return
@@ -221,25 +223,23 @@ class PythonModelInstance:
         self, response: pb_utils.InferenceResponse, request: InferRequest, requested: frozenset[str]
     ) -> InferResponse | ProtocolError:
         """A pb_utils response as evserve's InferResponse (outputs pruned to those requested)."""
-        error = response.error()
+        error = response._error
         if error is not None:
             return ProtocolError(error.message(), status_of_code(error.code()))
         try:
-            outputs = [self._client_output(tensor) for tensor in self._kept_outputs(response, requested)]
+            outputs = [_output_tensor(tensor) for tensor in self._kept_outputs(response, requested)]
+            if self._output_dims:
+                outputs = [self._client_output(output) for output in outputs]
         except Exception as exc:
             return ProtocolError(
                 f"Failed to process the response of model instance '{self.name}': {type(exc).__name__}: {exc}", 500
             )
+        parameters = response._parameters
         return InferResponse(
-            model_name=request.model_name,
-            model_version=request.model_version,
-            id=request.id,
-            outputs=outputs,
-            parameters=dict(response._parameters),
+            request.model_name, request.model_version, request.id, outputs, dict(parameters) if parameters else {}
         )
 
-    def _client_output(self, tensor: pb_utils.Tensor) -> OutputTensor:
-        output = _output_tensor(tensor)
+    def _client_output(self, output: OutputTensor) -> OutputTensor:
         if output.name in self._output_dims:
             output.data = self.client_view(output.name, output.data)
             output.shape = tuple(output.data.shape)
@@ -247,12 +247,15 @@ class PythonModelInstance:
 
     def _kept_outputs(self, response: pb_utils.InferenceResponse, requested: frozenset[str]) -> list[pb_utils.Tensor]:
         """Triton drops outputs nobody requested; undeclared ones are dropped too, with a warning."""
-        kept = []
-        for tensor in response.output_tensors():
-            name = tensor.name()
+        tensors = response._output_tensors
+        kept = [tensor for tensor in tensors if tensor._name in requested]
+        if len(kept) == len(tensors):
+            return kept
+        for tensor in tensors:
+            name = tensor._name
             if name in requested:
-                kept.append(tensor)
-            elif name not in self.output_names and name not in self._warned_outputs:
+                continue
+            if name not in self.output_names and name not in self._warned_outputs:
                 self._warned_outputs.add(name)
                 _log.warning(
                     "model '%s' returned output '%s', which its configuration does not declare; it is dropped",

@@ -28,6 +28,8 @@ _RESERVED_PARAMETERS = frozenset(
 class Reply:
     """One request's side of a batch: its pb_utils request, its sender, and its single completion."""
 
+    __slots__ = ("job", "_instance", "_streamed", "_last", "requested", "sender", "request")
+
     def __init__(self, instance: PythonModelInstance, job: ExecRequest) -> None:
         self.job = job
         self._instance = instance
@@ -35,18 +37,24 @@ class Reply:
         self._last: InferResponse | ProtocolError | None = None
         request = job.request
         # No requested outputs (None or an empty list) means all of them, as in Triton.
-        self.requested = frozenset(out.name for out in request.outputs) if request.outputs else instance.output_names
+        outputs = request.outputs
+        self.requested = frozenset([out.name for out in outputs]) if outputs else instance.output_names
         self.sender = pb_utils.InferenceResponseSender(instance.decoupled, self._on_send, job.cancelled)
+        wrap = pb_utils.Tensor._wrap
+        if instance.reshapes_inputs:
+            inputs = [wrap(t.name, instance.model_view(t.name, t.data), t.datatype) for t in request.inputs]
+        else:
+            inputs = [wrap(t.name, t.data, t.datatype) for t in request.inputs]
+        parameters = request.parameters
         self.request = pb_utils.InferenceRequest._received(
             request_id=request.id,
-            correlation_id=_correlation_id(request.parameters),
-            inputs=[pb_utils.Tensor._wrap(t.name, instance.model_view(t.name, t.data), t.datatype)
-                    for t in request.inputs],
+            correlation_id=_correlation_id(parameters) if parameters else 0,
+            inputs=inputs,
             requested_output_names=self.requested,
             model_name=request.model_name,
-            model_version=_version_number(request.model_version),
-            flags=_sequence_flags(request.parameters),
-            parameters_json=_model_parameters(request.parameters),
+            model_version=instance.version,
+            flags=_sequence_flags(parameters) if parameters else 0,
+            parameters_json=_model_parameters(parameters) if parameters else "{}",
             sender=self.sender,
             is_cancelled=job.cancelled,
         )
@@ -73,6 +81,8 @@ class Reply:
 
     def settle(self) -> None:
         """After a default-mode ``execute`` returned: answer with what was sent, or an error."""
+        if self.job.done and self.sender._closed:
+            return  # answered with FINAL: the usual case, nothing left to settle
         if self.rescheduled:
             self.end(Unsupported("Request rescheduling (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) is not supported"))
         elif self.job.stream is not None and self._streamed:
@@ -111,7 +121,3 @@ def _sequence_flags(parameters: dict[str, Any]) -> int:
     if parameters.get("sequence_end"):
         flags |= pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
     return flags
-
-
-def _version_number(version: str) -> int:
-    return int(version) if version.isdigit() else -1

@@ -59,6 +59,8 @@ _BLS_UNSUPPORTED = (
 class InferenceResponse:
     """A model's answer to one request: output tensors, or an error."""
 
+    __slots__ = ("_output_tensors", "_error", "_parameters")
+
     def __init__(
         self,
         output_tensors: Sequence[Tensor] = (),
@@ -67,16 +69,17 @@ class InferenceResponse:
     ) -> None:
         if not isinstance(output_tensors, (list, tuple)):
             raise TritonModelException('"output_tensors" must be a list.')
-        for tensor in output_tensors:
-            if not isinstance(tensor, Tensor):
-                raise TritonModelException(
-                    f'"output_tensors" must contain pb_utils.Tensor objects, found type {type(tensor)}'
-                )
+        if not all(type(tensor) is Tensor for tensor in output_tensors):  # the common case in one pass
+            for tensor in output_tensors:
+                if not isinstance(tensor, Tensor):
+                    raise TritonModelException(
+                        f'"output_tensors" must contain pb_utils.Tensor objects, found type {type(tensor)}'
+                    )
         if error is not None and not isinstance(error, TritonError):
             raise TritonModelException(f'"error" must be a pb_utils.TritonError, found type {type(error)}')
         self._output_tensors = list(output_tensors)
         self._error = error
-        self._parameters = _checked_parameters(parameters)
+        self._parameters = _checked_parameters(parameters) if parameters else {}
 
     def output_tensors(self) -> list[Tensor]:
         return self._output_tensors
@@ -105,6 +108,8 @@ class InferenceResponseSender:
     under this sender's lock so that responses keep their order.
     """
 
+    __slots__ = ("_decoupled", "_deliver", "_is_cancelled", "_lock", "_closed", "_sent")
+
     def __init__(
         self,
         decoupled: bool | None,
@@ -125,7 +130,9 @@ class InferenceResponseSender:
             raise TritonModelException(
                 "Inference Response object must be provided when the response flags is set to zero."
             )
-        if response is not None and not isinstance(response, InferenceResponse):
+        if response is not None and type(response) is not InferenceResponse and not isinstance(
+            response, InferenceResponse
+        ):
             raise TritonModelException(
                 f"Unable to send response. Expected an InferenceResponse, found type {type(response)}"
             )
@@ -171,6 +178,11 @@ class InferenceRequest:
     with :meth:`_received`.
     """
 
+    __slots__ = (
+        "_request_id", "_correlation_id", "_inputs", "_requested_output_names", "_model_name", "_model_version",
+        "_flags", "_timeout", "_parameters", "_release_flags", "_sender", "_is_cancelled",
+    )
+
     def __init__(
         self,
         request_id: str = "",
@@ -207,7 +219,7 @@ class InferenceRequest:
         request_id: str,
         correlation_id: int | str,
         inputs: list[Tensor],
-        requested_output_names: Iterable[str],
+        requested_output_names: frozenset[str],
         model_name: str,
         model_version: int,
         flags: int,
@@ -215,17 +227,22 @@ class InferenceRequest:
         sender: InferenceResponseSender,
         is_cancelled: Callable[[], bool],
     ) -> InferenceRequest:
-        """A request from a client (parameters may include doubles, which BLS ones may not)."""
-        request = cls(
-            request_id=request_id,
-            correlation_id=correlation_id,
-            inputs=inputs,
-            requested_output_names=requested_output_names,
-            model_name=model_name,
-            model_version=model_version,
-            flags=flags,
-        )
+        """A request from a client (parameters may include doubles, which BLS ones may not).
+
+        Built field by field: this runs for every request, and the public constructor's checks
+        and defaults (a sender of its own, parameter validation) are for BLS requests.
+        """
+        request = cls.__new__(cls)
+        request._request_id = request_id
+        request._correlation_id = correlation_id
+        request._inputs = inputs
+        request._requested_output_names = requested_output_names
+        request._model_name = model_name
+        request._model_version = model_version
+        request._flags = flags
+        request._timeout = 0
         request._parameters = parameters_json
+        request._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
         request._sender = sender
         request._is_cancelled = is_cancelled
         return request
@@ -253,8 +270,11 @@ class InferenceRequest:
         return self._parameters
 
     def requested_output_names(self) -> set[str]:
-        """The outputs the client asked for (all of the model's when it named none); a set, as in Triton."""
-        return self._requested_output_names
+        """The outputs the client asked for (all of the model's when it named none); a set, as in Triton.
+
+        A fresh set on each call: what evserve keeps is shared and immutable.
+        """
+        return set(self._requested_output_names)
 
     def get_response_sender(self) -> InferenceResponseSender:
         return self._sender
@@ -275,7 +295,7 @@ class InferenceRequest:
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
     """The request's input called ``name``; None when the request does not carry it."""
     for tensor in inference_request.inputs():
-        if tensor.name() == name:
+        if tensor._name == name:
             return tensor
     return None
 

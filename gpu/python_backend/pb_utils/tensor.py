@@ -16,6 +16,7 @@ from evserve.gpu.python_backend.pb_utils.dlpack import (
     is_capsule,
 )
 from evserve.gpu.python_backend.pb_utils.errors import TritonModelException
+from evserve.protocol.datatypes import NATIVE_DATATYPES
 
 
 def _check_tensor_name(name: str) -> None:
@@ -41,21 +42,24 @@ class Tensor:
     __slots__ = ("_name", "_array", "_datatype")
 
     def __init__(self, name: str, numpy_array: Any) -> None:
-        _check_tensor_name(name)
-        array = numpy_array if isinstance(numpy_array, np.ndarray) else np.asarray(numpy_array)
-        datatype = datatype_of_dtype(array.dtype)
+        if type(name) is not str or not name:
+            _check_tensor_name(name)
+        array = numpy_array if type(numpy_array) is np.ndarray else np.asarray(numpy_array)
+        dtype = array.dtype
+        # The native dtypes are one lookup (every model output passes here).
+        datatype = NATIVE_DATATYPES.get(dtype) or datatype_of_dtype(dtype)
         if datatype is None:
-            raise _unsupported_dtype(array.dtype)
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
+            raise _unsupported_dtype(dtype)
+        if dtype.byteorder == ">":
+            array = array.astype(dtype.newbyteorder("<"))
         self._name = name
         self._array = np.ascontiguousarray(array)
         self._datatype = datatype
 
-    @classmethod
-    def _wrap(cls, name: str, array: Any, datatype: str) -> Tensor:
+    @staticmethod
+    def _wrap(name: str, array: Any, datatype: str) -> Tensor:
         """A tensor over ``array`` as is (no checks, no copy): evserve's inputs and DLPack imports."""
-        tensor = cls.__new__(cls)
+        tensor = _new_tensor(Tensor)
         tensor._name = name
         tensor._array = array
         tensor._datatype = datatype
@@ -130,3 +134,6 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self.shape()})"
+
+
+_new_tensor = object.__new__
