@@ -92,7 +92,8 @@ class ModelHandlers:
                 ticket.finish(error_reply(exc))
             return None
         infer_request = self._decode(version, body)
-        self._submit(request.pause(), version, infer_request, body.accept_encoding)
+        # Submitted once this loop iteration's requests are all decoded: one worker wake-up per burst.
+        request.owner.after_burst(self._submit, request.pause(), version, infer_request, body.accept_encoding)
         return None
 
     def _decode(self, version: ServedModel, body: _InferBody) -> InferRequest:
