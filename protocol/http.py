@@ -36,6 +36,26 @@ def _checked(text: str) -> str:
     return text
 
 
+# Encoded header lines by (name, value): replies repeat a few (Content-Type, say), and a lookup
+# is cheaper than formatting, checking and encoding each time. Bounded: values that vary
+# (lengths, client-named content) stop being added once it is full; a line is checked once,
+# before it is stored. Safe to share between threads: entries are only ever added, and a race
+# stores the same bytes twice.
+_LINES: dict[tuple[str, str], bytes] = {}
+_MAX_LINES = 4096
+
+
+def header_line(name: str, value: str) -> bytes:
+    """``name: value\r\n``, refused (HeaderInjection) if either holds CR, LF or NUL."""
+    key = (name, value)
+    line = _LINES.get(key)
+    if line is None:
+        line = f"{_checked(name)}: {_checked(value)}\r\n".encode("latin-1")
+        if len(_LINES) < _MAX_LINES:
+            _LINES[key] = line
+    return line
+
+
 def response_head(
     status: int,
     headers: list[tuple[str, str]],
@@ -50,7 +70,7 @@ def response_head(
     """
     parts = [status_line(status)]
     for name, value in headers:
-        parts.append(f"{_checked(name)}: {_checked(value)}\r\n".encode("latin-1"))
+        parts.append(header_line(name, value))
     if content_length is None:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     else:

@@ -23,6 +23,7 @@ from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
 from evserve.server.responses import empty_reply, error_reply, json_reply
+from evserve.server.runtime import loop_thread_count
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -59,7 +60,7 @@ class HTTPAPIServer(HTTPServer):
         super().__init__(
             config.http_address,
             config.http_port,
-            threads=config.threads,
+            threads=loop_thread_count(config.threads, cap_to_cores=config.cap_threads_to_cores),
             limits=config.limits,
             reuse_port=config.reuse_port,
         )

@@ -43,7 +43,10 @@ class Server:
             raise
         self.manager.start()
         log.info("HTTP API on %s:%d with %d loop threads; tensors on %s", self.config.http_address, self.api.port,
-                 self.config.threads, backend_name())
+                 self.api.thread_count, backend_name())
+        if self.api.thread_count < self.config.threads:
+            log.info("Python runs with the GIL here: %d loop threads of the %d asked for, one per usable core "
+                     "(--cap-threads-to-cores=false runs them all)", self.api.thread_count, self.config.threads)
         if self.metrics is not None:
             log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
 

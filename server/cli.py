@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(http, "--http-address", type=address, default="0.0.0.0",
           help="address to bind (default 0.0.0.0; IPv6 as ::1 or Triton's ipv6:[::1])")
     _bool_flag(http, "--reuse-http-port", False, "set SO_REUSEPORT so several servers can share the port")
+    _bool_flag(http, "--cap-threads-to-cores", True,
+               "with the GIL, run at most one loop thread per usable core (default true; no effect without the GIL)")
     _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
           help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")
@@ -157,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         http_address=args.http_address,
         http_port=args.http_port,
         threads=args.threads,
+        cap_threads_to_cores=args.cap_threads_to_cores,
         reuse_port=args.reuse_http_port,
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,

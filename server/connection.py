@@ -43,9 +43,9 @@ import httptools
 from evserve.protocol.http import CONTINUE_100, LAST_CHUNK, chunk, response_head
 from evserve.server import log as server_log
 from evserve.server.connection_state import (
-    ANSWER_MOVES,
-    LIFECYCLE_MOVES,
-    PHASE_MOVES,
+    ANSWER_ALLOWED,
+    LIFECYCLE_ALLOWED,
+    PHASE_ALLOWED,
     Answer,
     IllegalTransition,
     Lifecycle,
@@ -140,19 +140,19 @@ class HttpConnection(asyncio.Protocol):
         return self._answer
 
     def _set_lifecycle(self, new: Lifecycle) -> None:
-        if new not in LIFECYCLE_MOVES[self._lifecycle]:
+        if not LIFECYCLE_ALLOWED[self._lifecycle] >> new & 1:
             raise IllegalTransition(self._lifecycle, new)
         self._lifecycle = new
 
     def _set_phase(self, new: Phase) -> None:
         """Move the parse phase; the phase clock (the read deadline's start) restarts with it."""
-        if new not in PHASE_MOVES[self._phase]:
+        if not PHASE_ALLOWED[self._phase] >> new & 1:
             raise IllegalTransition(self._phase, new)
         self._phase = new
         self._deadlines.phase_since = self._loop.time()
 
     def _set_answer(self, new: Answer) -> None:
-        if new not in ANSWER_MOVES[self._answer]:
+        if not ANSWER_ALLOWED[self._answer] >> new & 1:
             raise IllegalTransition(self._answer, new)
         self._answer = new
 
@@ -287,7 +287,7 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(431, "Request Header Fields Too Large: too many header fields")
         if cycle.head_bytes > limits.max_header_block:
             raise Reject(431, "Request Header Fields Too Large: the header block is too large")
-        cycle.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        cycle.request.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         cycle = self._cycle

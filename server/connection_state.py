@@ -34,9 +34,13 @@ except for the forward order of Lifecycle.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 __all__ = [
+    "ANSWER_ALLOWED",
     "ANSWER_MOVES",
+    "LIFECYCLE_ALLOWED",
+    "PHASE_ALLOWED",
     "LIFECYCLE_MOVES",
     "PHASE_MOVES",
     "Answer",
@@ -111,3 +115,23 @@ ANSWER_MOVES: dict[Answer, frozenset[Answer]] = {
     Answer.PAUSED: frozenset({Answer.IDLE, Answer.STREAMING}),
     Answer.STREAMING: frozenset({Answer.IDLE}),
 }
+
+
+def _allowed(moves: dict[Any, frozenset[Any]]) -> tuple[int, ...]:
+    """The tables as bitmasks indexed by state value: bit ``n`` set means "may move to value n".
+
+    The hot path checks moves with these: indexing a tuple and shifting an int are C-level,
+    while hashing an enum member (a dict key or frozenset lookup) calls ``Enum.__hash__``, a
+    Python function. They are derived from the tables above, never written by hand.
+    """
+    size = max(int(state) for state in moves) + 1
+    masks = [0] * size
+    for state, targets in moves.items():
+        for target in targets:
+            masks[state] |= 1 << target
+    return tuple(masks)
+
+
+LIFECYCLE_ALLOWED = _allowed(LIFECYCLE_MOVES)
+PHASE_ALLOWED = _allowed(PHASE_MOVES)
+ANSWER_ALLOWED = _allowed(ANSWER_MOVES)

@@ -44,13 +44,22 @@ class Response:
 
     @property
     def body_length(self) -> int:
-        return sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in self.buffers)
+        buffers = self.buffers
+        if len(buffers) == 1 and type(buffers[0]) is bytes:
+            return len(buffers[0])
+        return sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in buffers)
+
+
+# Shared by every request that repeats no header (the usual case); never mutated.
+_NONE_REPEATED: set[str] = frozenset()  # type: ignore[assignment]
 
 
 class Request:
     """One parsed request. Owned by its connection's loop thread until paused."""
 
-    __slots__ = ("method", "path", "query", "version", "headers", "body", "keep_alive", "_conn", "_seq")
+    __slots__ = (
+        "method", "path", "query", "version", "headers", "fields", "repeated", "body", "keep_alive", "_conn", "_seq",
+    )
 
     def __init__(self, conn: HttpConnection, seq: int) -> None:
         self._conn = conn
@@ -61,17 +70,30 @@ class Request:
         self.version = "1.1"
         # Lower-cased names, values as sent (latin-1), in arrival order.
         self.headers: list[tuple[str, str]] = []
+        # The first value of each name (what header() answers), and the names sent more than once.
+        self.fields: dict[str, str] = {}
+        self.repeated: set[str] = _NONE_REPEATED
         self.body = bytearray()
         self.keep_alive = True
 
+    def add_header(self, name: str, value: str) -> None:
+        """Record a header as it arrives (``name`` lower-case)."""
+        self.headers.append((name, value))
+        fields = self.fields
+        if name in fields:
+            if self.repeated is _NONE_REPEATED:
+                self.repeated = set()
+            self.repeated.add(name)
+        else:
+            fields[name] = value
+
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower-case), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self.fields.get(name)
 
     def header_count(self, name: str) -> int:
+        if name not in self.repeated:
+            return 1 if name in self.fields else 0
         return sum(1 for key, _ in self.headers if key == name)
 
     @property

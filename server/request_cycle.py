@@ -66,13 +66,12 @@ class RequestCycle:
     once on_message_complete has queued the request (the queue owns it from then on). The
     other fields keep their last values until the next :meth:`begin`. In particular,
     ``expect_continue`` stays set until the 100 Continue is sent or the next request begins.
-    ``headers`` and ``body`` are the request's own list and bytearray, kept here so that
-    on_header and on_body reach them without a hop.
+    ``body`` is the request's own bytearray, kept here so that on_body reaches it without a
+    hop; ``valid_host`` spares the Host check its regex when a connection repeats its Host.
     """
 
     __slots__ = (
         "request",
-        "headers",
         "body",
         "url",
         "header_count",
@@ -85,11 +84,11 @@ class RequestCycle:
         "body_started",
         "last_body",
         "expect_continue",
+        "valid_host",
     )
 
     def __init__(self) -> None:
         self.request: Request | None = None
-        self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
         self.url = bytearray()  # the request target as it arrives (on_url may come in pieces)
         self.header_count = 0
@@ -102,11 +101,11 @@ class RequestCycle:
         self.body_started = 0.0  # when the body (or, after a 100 Continue, its wait) began
         self.last_body = 0.0  # when body bytes last arrived
         self.expect_continue = False  # a 100 Continue is owed once this request is next in line
+        self.valid_host: str | None = None  # the last Host header found valid on this connection
 
     def begin(self, request: Request) -> None:
         """Reset for ``request`` (on_message_begin)."""
         self.request = request
-        self.headers = request.headers
         self.body = request.body
         self.url.clear()
         self.header_count = 0
@@ -127,7 +126,7 @@ class RequestCycle:
         _split_target(req, self.url)
         if req.version not in ("1.0", "1.1"):
             raise Reject(505, "HTTP Version Not Supported")
-        _check_host(req)
+        self.valid_host = _check_host(req, self.valid_host)
         if req.method == "CONNECT":
             raise Reject(405, "Method Not Allowed")
         length = req.header("content-length")
@@ -199,6 +198,9 @@ def rejection_for(
 
 def _split_target(req: Request, raw: bytearray) -> None:
     """Fill in ``req.path`` and ``req.query`` from the request target."""
+    if raw[:1] == b"/" and b"?" not in raw and b"#" not in raw:
+        req.path = raw.decode("ascii", "replace")  # the usual origin form, no query
+        return
     path, _, query = bytes(raw).partition(b"?")
     path, _, _ = path.partition(b"#")
     if path[:7].lower() == b"http://":
@@ -210,15 +212,22 @@ def _split_target(req: Request, raw: bytearray) -> None:
     req.query = query.decode("ascii", "replace")
 
 
-def _check_host(req: Request) -> None:
-    """RFC 9112 §3.2: exactly one valid Host on HTTP/1.1, at most one on HTTP/1.0."""
-    hosts = [v for k, v in req.headers if k == "host"]
-    if len(hosts) > 1:
+def _check_host(req: Request, valid_host: str | None) -> str | None:
+    """RFC 9112 §3.2: exactly one valid Host on HTTP/1.1, at most one on HTTP/1.0.
+
+    ``valid_host`` is the Host this connection's previous request sent, already found valid
+    (clients send the same one every time); returns the Host found valid now.
+    """
+    host = req.fields.get("host")
+    if host is None:
+        if req.version == "1.1":
+            raise Reject(400, "Bad Request: missing Host header")
+        return valid_host
+    if "host" in req.repeated:
         raise Reject(400, "Bad Request: more than one Host header")
-    if req.version == "1.1" and not hosts:
-        raise Reject(400, "Bad Request: missing Host header")
-    if hosts and not _VALID_HOST.fullmatch(hosts[0]):
+    if host != valid_host and not _VALID_HOST.fullmatch(host):
         raise Reject(400, "Bad Request: invalid Host header")
+    return host
 
 
 class QueueMarker(Request):

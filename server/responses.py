@@ -17,9 +17,16 @@ def json_reply(obj: Any, status: int = 200) -> Response:
     return Response(status, list(JSON), [orjson.dumps(obj)])
 
 
+# Replies are never changed once built, so the empty ones are built once per status.
+_EMPTY: dict[int, Response] = {}
+
+
 def empty_reply(status: int = 200) -> Response:
     """Health and model-ready answer with an empty body, as Triton does."""
-    return Response(status)
+    reply = _EMPTY.get(status)
+    if reply is None:
+        reply = _EMPTY.setdefault(status, Response(status))
+    return reply
 
 
 def error_reply(exc: ProtocolError) -> Response:

@@ -64,7 +64,8 @@ def server(tmp_path: Path, writes: list[tuple[int, int | None]]) -> Iterator[Ser
     (tmp_path / "where" / "config.pbtxt").write_text(WHERE_CONFIG)
     (tmp_path / "where" / "1" / "model.py").write_text(WHERE_MODEL)
     config = Config(
-        http_address="127.0.0.1", http_port=0, metrics_port=0, threads=3, model_repositories=(str(tmp_path),)
+        http_address="127.0.0.1", http_port=0, metrics_port=0, threads=3, cap_threads_to_cores=False,
+        model_repositories=(str(tmp_path),),
     )
     srv = Server(config)
     srv.start()

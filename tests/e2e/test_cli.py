@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from evserve.server.runtime import loop_thread_count
 from tests.e2e.conftest import (
     announce_then_sleep,
     call,
@@ -214,11 +215,13 @@ def test_port_zero_picks_a_free_port(started: list[Started], tmp_path: Path) -> 
     metrics = free_port()
     proc = start(started, tmp_path, "--threads", "8", "--http-address", "127.0.0.1", "--http-port", "0",
                  "--metrics-port", str(metrics))
+    # With the GIL the server runs one loop thread per usable core at most (server/runtime.py).
+    threads = loop_thread_count(8, cap_to_cores=True)
     found: list[int] = []
 
     def announced() -> bool:
         assert proc.proc.poll() is None, proc.output()
-        match = re.search(r"HTTP API on 127\.0\.0\.1:(\d+) with 8 loop threads", proc.output())
+        match = re.search(rf"HTTP API on 127\.0\.0\.1:(\d+) with {threads} loop threads", proc.output())
         if match:
             found.append(int(match.group(1)))
         return bool(match)
@@ -229,8 +232,15 @@ def test_port_zero_picks_a_free_port(started: list[Started], tmp_path: Path) -> 
     proc.wait_live(port)
     wait_for(lambda: call(port, "GET", "/v2/health/ready").status == 200, 30, "readiness")
     text = call(metrics, "GET", "/metrics").body.decode()
-    assert 'evserve_http_live_connections{thread="7"}' in text
-    assert 'evserve_http_live_connections{thread="8"}' not in text
+    assert f'evserve_http_live_connections{{thread="{threads - 1}"}}' in text
+    assert f'evserve_http_live_connections{{thread="{threads}"}}' not in text
+
+
+def test_threads_beyond_the_cores_are_kept_when_asked(started: list[Started], tmp_path: Path) -> None:
+    proc = start(started, tmp_path, "--threads", "8", "--cap-threads-to-cores=false", "--http-address", "127.0.0.1",
+                 "--http-port", "0", "--metrics-port", str(free_port()))
+    wait_for(lambda: re.search(r"HTTP API on 127\.0\.0\.1:\d+ with 8 loop threads", proc.output()) is not None,
+             30, "the 'HTTP API on' log line with 8 threads")
 
 
 # ---------------------------------------------------------------------------------- stopping

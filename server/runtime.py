@@ -1,0 +1,37 @@
+"""What the interpreter and the machine allow: the GIL, usable cores, and the loop-thread count.
+
+Why the loop-thread count depends on the GIL. On a free-threaded CPython (3.14t with the GIL
+off) the N loop threads run Python in parallel, as libevhtp's threads run C, so N is served
+as asked. With the GIL, only one thread runs Python at a time whatever N is; loop threads
+beyond the usable cores cannot add throughput and only queue for the GIL and the CPU. Measured
+on one core with ``--threads 8``: the same instructions per request as one thread, but each
+loop thread spent about half its time runnable and waiting, a p99 of 29 ms against 1.4 ms,
+and 0.8x the throughput (bench/README.md). So on a GIL build evserve runs at most one loop
+thread per usable core, and says so at start; ``--cap-threads-to-cores=false`` runs all N.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def gil_enabled() -> bool:
+    """Whether the GIL is on in this process (always True before CPython 3.13)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a cgroup cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def loop_thread_count(requested: int, *, cap_to_cores: bool) -> int:
+    """How many loop threads to run for ``--threads requested`` (see the module docstring)."""
+    if not cap_to_cores or not gil_enabled():
+        return requested
+    return max(1, min(requested, usable_cores()))
