@@ -15,6 +15,7 @@ the *uncompressed* head, whatever Content-Encoding is applied afterwards.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from evserve.protocol import msgpack_codec
 from evserve.protocol.binary_codec import HEADER_LENGTH_NAME, output_array, tensor_buffer
 from evserve.protocol.classification import classify
 from evserve.protocol.compression import choose_encoding, compress
+from evserve.protocol.datatypes import NATIVE_DATATYPES
 from evserve.protocol.errors import ProtocolError, Unsupported
 from evserve.protocol.json_codec import data_json
 from evserve.protocol.types import EncodedReply, InferRequest, InferResponse, OutputTensor
@@ -141,6 +143,12 @@ def encode_infer_response(
     :class:`ProtocolError`: 400 for outputs that JSON cannot carry (FP16/BF16, non-UTF-8
     BYTES) or an unclassifiable output, 500 when an output's data does not fit its shape.
     """
+    if not req.msgpack and not req.raw:
+        common = encode_common(resp, req)
+        if common is not None:
+            if accept_encoding is not None:
+                common.buffers = _compressed(common.buffers, common.headers, accept_encoding)
+            return common
     labels = labels or {}
     outputs = [
         (classify(output, top, batched=batched, labels=labels.get(output.name)) if top else output, binary)
@@ -159,3 +167,66 @@ def encode_infer_response(
             headers = [("Content-Type", "application/octet-stream"), (HEADER_LENGTH_NAME, str(head_length))]
     buffers = _compressed(buffers, headers, accept_encoding)
     return EncodedReply(200, headers, buffers)
+
+
+# Output datatypes whose NumPy carrier orjson writes as JSON numbers or booleans as they are.
+_COMMON_DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64"}
+)
+_JSON_HEADERS = [("Content-Type", "application/json")]
+
+
+def encode_common(resp: InferResponse, req: InferRequest) -> EncodedReply | None:
+    """The JSON (+binary) reply in one orjson call when every output is plain, else None.
+
+    The common reply (numeric outputs already in their datatype's dtype, finite floats, no
+    classification, no response parameters) is one dict that orjson serializes with the
+    arrays in it. Anything else takes :func:`encode_infer_response`'s full path, which gives
+    the same bytes for the common case; ``tests/protocol/test_response_common.py`` compares
+    the two.
+    """
+    if resp.parameters:
+        return None
+    requested = req.outputs
+    wanted = None if requested is None else {r.name: r for r in requested}
+    entries: list[dict[str, Any]] = []
+    payloads: list[memoryview] = []
+    for output in resp.outputs:
+        if wanted is None:
+            binary = req.binary_data_output
+        else:
+            choice = wanted.get(output.name)
+            if choice is None:
+                continue
+            if choice.classification:
+                return None
+            binary = choice.binary
+        data = output.data
+        datatype = output.datatype
+        if type(data) is not np.ndarray or datatype not in _COMMON_DATATYPES:
+            return None
+        if NATIVE_DATATYPES.get(data.dtype) != datatype or data.size != math.prod(output.shape):
+            return None
+        flat = np.ascontiguousarray(data.reshape(-1))  # orjson and the wire want C order
+        entry: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(output.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": flat.nbytes}
+            if flat.nbytes:
+                payloads.append(memoryview(flat.view(np.uint8)))
+        else:
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+                return None  # NaN and infinities are written as tokens by the full path
+            entry["data"] = flat
+        entries.append(entry)
+    head: dict[str, Any] = {}
+    request_id = resp.id or req.id
+    if request_id:
+        head["id"] = request_id
+    head["model_name"] = resp.model_name
+    head["model_version"] = str(resp.model_version)
+    head["outputs"] = entries
+    json_head = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not any(entry.get("parameters") for entry in entries):
+        return EncodedReply(200, list(_JSON_HEADERS), [json_head])
+    headers = [("Content-Type", "application/octet-stream"), (HEADER_LENGTH_NAME, str(len(json_head)))]
+    return EncodedReply(200, headers, [json_head, *payloads])
