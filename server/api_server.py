@@ -68,7 +68,7 @@ class HTTPAPIServer(HTTPServer):
         self.manager = manager
         self.exiting = False
         self._metadata = json_reply(
-            {"name": config.server_name, "version": server_version(), "extensions": list(EXTENSIONS)}
+            {"name": config.server_name, "version": server_version(), "extensions": list(EXTENSIONS)}, shared=True
         )
         # Two threads: decoding releases the GIL in zlib and NumPy; 64 jobs bound the memory held.
         self.offload = OffloadPool(threads=2, capacity=64)

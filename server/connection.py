@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from evserve.server.config import Limits
     from evserve.server.loop_thread import LoopThread
 
-__all__ = ["HttpConnection", "Phase"]
+__all__ = ["HttpConnection", "Phase", "RequestCounter"]
 
 log = logging.getLogger("evserve.server")
 
@@ -84,6 +84,15 @@ _ANSWER_IDLE, _HANDLING, _PAUSED, _STREAMING = Answer.IDLE, Answer.HANDLING, Ans
 _PEER_GONE, _SEND, _READ = Expired.PEER_GONE, Expired.SEND, Expired.READ
 
 
+class RequestCounter:
+    """Requests answered by one loop thread; only that thread writes it, readers may see it stale."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+
 class HttpConnection(asyncio.Protocol):
     """The httptools callback object and asyncio protocol of one socket."""
 
@@ -94,14 +103,14 @@ class HttpConnection(asyncio.Protocol):
         limits: Limits,
         *,
         on_close: Callable[[HttpConnection], None] | None = None,
-        on_request: Callable[[], None] | None = None,
+        counter: RequestCounter | None = None,
     ) -> None:
         # Per-connection state
         self.owner = owner
         self._handler = handler
         self._limits = limits
         self._on_close = on_close
-        self._on_request = on_request
+        self._counter = counter  # this loop thread's request count, for /metrics
         self._loop = owner.loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -361,8 +370,8 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     self._close()
                 return
-            if self._on_request is not None:
-                self._on_request()
+            if self._counter is not None:
+                self._counter.requests += 1
             try:
                 response = self._handler(req)
             except Exception:
@@ -410,14 +419,15 @@ class HttpConnection(asyncio.Protocol):
         if req is not None and not req.keep_alive:
             keep_alive = False
         headers = response.headers
+        heads = response.heads
         if keep_alive and req is not None and req.version == "1.0":
             headers = [*headers, ("Connection", "keep-alive")]
-        head = response_head(
-            response.status,
-            headers,
-            content_length=response.body_length,
-            keep_alive=keep_alive,
-        )
+            heads = None
+        head = heads.get(keep_alive) if heads is not None else None
+        if head is None:
+            head = response_head(response.status, headers, content_length=response.body_length, keep_alive=keep_alive)
+            if heads is not None:
+                heads[keep_alive] = head
         if req is not None and req.method == "HEAD":
             transport.write(head)
         else:
@@ -478,7 +488,11 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         self._write(response, close=False)
-        self._schedule_resume()
+        flow = self._flow
+        if flow.ready or flow.stash:
+            self._schedule_resume()  # more requests wait: take them up on a later iteration
+        elif self._lifecycle < _CLOSING and not flow.write_paused:
+            self._after_dispatch()  # what _resume would do with nothing queued, without a loop hop
 
     def _stream_start(self, ticket: Ticket, status: int, headers: list[tuple[str, str]]) -> None:
         if ticket is not self._ticket or self._transport is None or self._answer is not _PAUSED:

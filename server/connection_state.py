@@ -62,6 +62,8 @@ class IllegalTransition(RuntimeError):
 class Lifecycle(enum.IntEnum):
     """Where the connection is in its life. Decides whether replies may keep it open."""
 
+    __hash__ = int.__hash__  # C-level and consistent with int equality (Enum's is a Python function)
+
     OPEN = 0  # requests are read and answered; a reply may keep the connection open
     DRAINING = 1  # the client half-closed or the server is stopping: the reply now owed is the last
     CLOSING = 2  # transport.close() is called, or the transport was already closing (an abort)
@@ -72,6 +74,8 @@ class Lifecycle(enum.IntEnum):
 class Phase(enum.IntEnum):
     """What the parser is receiving. Decides which read deadline applies (deadlines.py)."""
 
+    __hash__ = int.__hash__
+
     HEAD = 0  # waiting for or receiving a request head (head deadline)
     BODY = 1  # receiving a body (idle gap and minimum rate)
     IDLE = 2  # between requests on a keep-alive connection (keep-alive timeout)
@@ -80,6 +84,8 @@ class Phase(enum.IntEnum):
 
 class Answer(enum.IntEnum):
     """Where the reply to the request being answered stands (one request is answered at a time)."""
+
+    __hash__ = int.__hash__
 
     IDLE = 0  # no request is being answered; the next queued one may be taken up
     HANDLING = 1  # taken from the queue: its handler runs, or its reply is written, on the loop thread

@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 
 
 class Response:
-    """A complete reply: status, headers and body buffers (written with one writelines)."""
+    """A complete reply: status, headers and body buffers (written with one writelines).
 
-    __slots__ = ("status", "headers", "buffers", "close")
+    A reply is never changed once built. A ``shared`` one (health, server metadata) is built
+    once and written many times, so the connection keeps its encoded heads in ``heads``.
+    """
+
+    __slots__ = ("status", "headers", "buffers", "close", "heads")
 
     def __init__(
         self,
@@ -32,11 +36,14 @@ class Response:
         buffers: list[bytes | memoryview] | None = None,
         *,
         close: bool = False,
+        shared: bool = False,
     ) -> None:
         self.status = status
         self.headers = headers if headers is not None else []
         self.buffers = buffers if buffers is not None else []
         self.close = close
+        # Encoded heads by keep-alive, for shared replies only; None means "build each time".
+        self.heads: dict[bool, bytes] | None = {} if shared else None
 
     @classmethod
     def error(cls, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evserve.server.config import Limits
-from evserve.server.connection import HttpConnection
+from evserve.server.connection import HttpConnection, RequestCounter
 from evserve.server.exchange import Request, Response
 from evserve.server.loop_thread import LoopThread
 
@@ -83,7 +83,7 @@ class HTTPServer:
         self.loops: list[LoopThread] = []
         # Live connections per loop thread, assigned and released under _conn_lock.
         self._live: list[int] = [0] * threads
-        self._requests: list[int] = [0] * threads
+        self._counters = [RequestCounter() for _ in range(threads)]
         self._conn_lock = threading.Condition()
         self._accepting = False
         self._draining = False
@@ -210,7 +210,7 @@ class HTTPServer:
                 self.handle,
                 self.limits,
                 on_close=lambda c: self._on_close(index, c),
-                on_request=lambda: self._count_request(index),
+                counter=self._counters[index],
             )
             return conn
 
@@ -241,10 +241,6 @@ class HTTPServer:
             self._live[index] -= 1
             self._conn_lock.notify_all()
 
-    def _count_request(self, index: int) -> None:
-        # Only loop thread `index` writes its slot; readers tolerate a stale value.
-        self._requests[index] += 1
-
     # ------------------------------------------------------------------ deadlines
 
     def _start_tick(self, index: int) -> None:
@@ -274,7 +270,7 @@ class HTTPServer:
     def thread_stats(self) -> list[ThreadStats]:
         with self._conn_lock:
             live = list(self._live)
-        return [ThreadStats(i, live[i], self._requests[i]) for i in range(self.thread_count)]
+        return [ThreadStats(i, live[i], self._counters[i].requests) for i in range(self.thread_count)]
 
     def on_each_thread(self, fn: Callable[[int], None]) -> None:
         """Run ``fn(index)`` on every loop thread (through defer)."""

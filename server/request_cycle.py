@@ -129,8 +129,9 @@ class RequestCycle:
         self.valid_host = _check_host(req, self.valid_host)
         if req.method == "CONNECT":
             raise Reject(405, "Method Not Allowed")
-        length = req.header("content-length")
-        te = req.header("transfer-encoding")
+        fields = req.fields
+        length = fields.get("content-length")
+        te = fields.get("transfer-encoding")
         if te is not None:
             if req.version == "1.0":
                 raise Reject(400, "Bad Request: Transfer-Encoding is not allowed on HTTP/1.0")
@@ -140,7 +141,7 @@ class RequestCycle:
             if declared > limits.max_input_size:
                 raise too_large(declared, limits)
             self.body_remaining = declared
-        expect = req.header("expect")
+        expect = fields.get("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise Reject(417, "Expectation Failed")

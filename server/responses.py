@@ -13,8 +13,9 @@ from evserve.server.exchange import Response
 JSON = [("Content-Type", "application/json")]
 
 
-def json_reply(obj: Any, status: int = 200) -> Response:
-    return Response(status, list(JSON), [orjson.dumps(obj)])
+def json_reply(obj: Any, status: int = 200, *, shared: bool = False) -> Response:
+    """``obj`` as a JSON reply; ``shared`` for a reply built once and sent many times."""
+    return Response(status, list(JSON), [orjson.dumps(obj)], shared=shared)
 
 
 # Replies are never changed once built, so the empty ones are built once per status.
@@ -25,7 +26,7 @@ def empty_reply(status: int = 200) -> Response:
     """Health and model-ready answer with an empty body, as Triton does."""
     reply = _EMPTY.get(status)
     if reply is None:
-        reply = _EMPTY.setdefault(status, Response(status))
+        reply = _EMPTY.setdefault(status, Response(status, shared=True))
     return reply
 
 
