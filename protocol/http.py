@@ -68,9 +68,11 @@ def response_head(
     ``content_length=None`` frames the body as chunked (for streams such as SSE). A head for a
     response that must close the connection carries ``Connection: close``.
     """
-    parts = [status_line(status)]
-    for name, value in headers:
-        parts.append(header_line(name, value))
+    parts = [STATUS_LINE.get(status) or status_line(status)]
+    lines = _LINES
+    for header in headers:
+        line = lines.get(header)  # type: ignore[call-overload]
+        parts.append(line if line is not None else header_line(*header))
     if content_length is None:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     else:

@@ -16,6 +16,10 @@ MAX_VERSION = 2**63 - 1
 
 
 class Endpoint(enum.Enum):
+    # Members are singletons compared by identity, so identity hashing is exact; Enum's own
+    # __hash__ is a Python function, and every request looks its endpoint up in two tables.
+    __hash__ = object.__hash__
+
     HEALTH_LIVE = "health_live"
     HEALTH_READY = "health_ready"
     SERVER_METADATA = "server_metadata"
