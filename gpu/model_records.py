@@ -45,14 +45,16 @@ class ModelRecord:
     state: str = ""
     reason: str = ""
 
-    @property
-    def latest_ready(self) -> ModelVersion | None:
-        """The highest READY version (what a request without a version gets), or None."""
+    # The highest READY version (what a request without a version gets), or None; derived once,
+    # since a record is immutable and every such request asks.
+    latest_ready: ModelVersion | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
         for number in sorted(self.versions, reverse=True):
             entry = self.versions[number]
             if entry.state == READY and entry.served is not None:
-                return entry.served
-        return None
+                object.__setattr__(self, "latest_ready", entry.served)
+                return
 
     def ready_versions(self) -> list[ModelVersion]:
         return [e.served for _, e in sorted(self.versions.items()) if e.state == READY and e.served is not None]

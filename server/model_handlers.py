@@ -79,9 +79,10 @@ class ModelHandlers:
         version = self.manager.get(route.model, route.version)
         if version.decoupled:
             return Response.error(501, DECOUPLED_ON_INFER)
-        for name in ("inference-header-content-length", "content-encoding"):
-            if request.header_count(name) > 1:
-                return Response.error(400, f"more than one {name} header")
+        if request.repeated:
+            for name in ("inference-header-content-length", "content-encoding"):
+                if name in request.repeated:
+                    return Response.error(400, f"more than one {name} header")
         body = _InferBody(request)
         if body.heavy:
             # Decompression or a large JSON parse would stall this loop's other connections.
@@ -137,11 +138,12 @@ class _InferBody:
 
     def __init__(self, request: Request) -> None:
         self.data = request.body
-        encoding = request.header("content-encoding")
+        fields = request.fields
+        encoding = fields.get("content-encoding")
         self.content_encoding = encoding
-        self.header_length = request.header("inference-header-content-length")
-        self.msgpack = is_msgpack(request)
-        self.accept_encoding = request.header("accept-encoding")
+        self.header_length = fields.get("inference-header-content-length")
+        self.msgpack = "content-type" in fields and is_msgpack(request)
+        self.accept_encoding = fields.get("accept-encoding")
         compressed = encoding is not None and encoding.strip().lower() not in ("", "identity")
         # A compressed body may inflate to --http-max-input-size whatever its size on the wire.
         self.heavy = compressed or self._head_length() > HEAVY_BODY

@@ -143,11 +143,8 @@ class ServedModel(Protocol):
     stats: ModelStatistics
     load_seconds: float
 
-    @property
-    def decoupled(self) -> bool: ...
-
-    @property
-    def max_batch_size(self) -> int: ...
+    decoupled: bool
+    max_batch_size: int
 
     @property
     def queued(self) -> int: ...

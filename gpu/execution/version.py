@@ -36,6 +36,9 @@ class ModelVersion:
         self.workers = workers
         self.stats = stats
         self.signature = signature
+        # Read on every request; the config computes them from its raw dict each time.
+        self.decoupled = bool(getattr(config, "decoupled", False))
+        self.max_batch_size = int(getattr(config, "max_batch_size", signature.max_batch_size))
         # The imported model code (python_backend.model.PythonModel); released once every instance is finalized.
         self.module = module
         self.loaded_at = time.time()
@@ -57,13 +60,6 @@ class ModelVersion:
         """Requests admitted and not yet completed (queued + executing)."""
         return sum(w.backlog for w in self.workers)
 
-    @property
-    def decoupled(self) -> bool:
-        return self.config.decoupled
-
-    @property
-    def max_batch_size(self) -> int:
-        return self.config.max_batch_size
 
     @property
     def has_readiness_check(self) -> bool:
