@@ -101,6 +101,7 @@ class ModelManager:
         self._slots: dict[str, _Slot] = {}
         self._control = ControlExecutor(self.load_thread_count)
         self._startup_done = threading.Event()
+        self._started = False  # mirrors _startup_done for ready(), which every health check calls
         self._startup_errors: dict[str, str] = {}
         self._stop_event = threading.Event()
         self._stopping = False
@@ -175,7 +176,7 @@ class ModelManager:
 
     def ready(self) -> bool:
         """Startup finished, not stopping, and (strict readiness) every known model healthy."""
-        if self._stopping or not self._startup_done.is_set():
+        if self._stopping or not self._started:
             return False
         return self._healthy or not self.strict_readiness
 
@@ -476,6 +477,7 @@ class ModelManager:
         except Exception:
             _log.exception("startup loading failed")
         finally:
+            self._started = True
             self._startup_done.set()
         if self.control_mode == "poll" and not self._stopping:
             self._poll_loop()

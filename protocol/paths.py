@@ -127,19 +127,19 @@ def _repository_route(parts: list[str]) -> Route | None:
 # Routes by path: a server sees the same few paths over and over. Bounded, because paths are
 # chosen by clients; once full, new paths are matched but not stored. Route is immutable, so
 # entries are shared by every thread; a race between two threads stores equal values.
-_ROUTES: dict[str, Route | None] = {}
+ROUTES: dict[str, Route | None] = {}
 _MAX_ROUTES = 4096
 
 
 def match(path: str) -> Route | None:
     """The route for ``path`` (query string already removed), or None for an unknown path."""
     try:
-        return _ROUTES[path]
+        return ROUTES[path]
     except KeyError:
         pass
     route = _match(path)
-    if len(_ROUTES) < _MAX_ROUTES:
-        _ROUTES[path] = route
+    if len(ROUTES) < _MAX_ROUTES:
+        ROUTES[path] = route
     return route
 
 

@@ -30,12 +30,14 @@ _OUTPUT_KEYS = frozenset({"name", "parameters"})
 _REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 _INT = {int}
 _FP32_MAX = float(np.finfo(np.float32).max)
+# NumPy 2 refuses a Python int out of an integer dtype's range (OverflowError); NumPy 1 wraps it.
+_INT_OVERFLOW_RAISES = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
 class InputRule:
     """What the common path needs of one declared input, computed once."""
 
-    __slots__ = ("name", "datatype", "dtype", "itemsize", "dims", "fixed", "allowed", "low", "high")
+    __slots__ = ("name", "datatype", "dtype", "itemsize", "dims", "fixed", "allowed", "low", "high", "check_range")
 
     def __init__(self, spec: TensorSpec) -> None:
         self.name = spec.name
@@ -49,6 +51,8 @@ class InputRule:
         self.low: float = 0
         self.high: float = 0
         kind = self.dtype.kind
+        # Integers out of range make np.array raise on NumPy 2 (then the full path explains).
+        self.check_range = kind == "f" or (kind in "iu" and not _INT_OVERFLOW_RAISES)
         if spec.datatype in ("BYTES", "FP16", "BF16") or len(spec.dims) + 1 > MAX_NDIM:
             return  # BYTES needs per-element work, FP16/BF16 are refused in JSON: the full path
         if kind in "iu":
@@ -160,7 +164,8 @@ def _inputs(entries: Any, binary: memoryview, plan: RequestPlan, max_input_size:
         if array is None:
             return None
         names.add(rule.name)
-        tensors.append(InputTensor(rule.name, rule.datatype, tuple(shape), array.reshape(shape), {}))
+        dims = tuple(shape)
+        tensors.append(InputTensor(rule.name, rule.datatype, dims, array.reshape(dims), {}))
     if used != binary.nbytes or len(names) != len(tensors) or not plan.required <= names:
         return None
     return tensors
@@ -172,7 +177,7 @@ def _json_array(data: Any, rule: InputRule, count: int, max_input_size: int) -> 
         return None
     if not set(map(type, data)) <= rule.allowed:
         return None  # nested lists, wrong types: the full path
-    if min(data) < rule.low or max(data) > rule.high:
+    if rule.check_range and (min(data) < rule.low or max(data) > rule.high):
         return None
     try:
         return np.array(data, dtype=rule.dtype)

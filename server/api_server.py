@@ -15,7 +15,7 @@ from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING
 
 from evserve.protocol.errors import ProtocolError
-from evserve.protocol.paths import METHODS, Endpoint, Route, match
+from evserve.protocol.paths import METHODS, ROUTES, Endpoint, Route, match
 from evserve.server.config import Config
 from evserve.server.exchange import Request, Response
 from evserve.server.http_server import HTTPServer
@@ -42,6 +42,10 @@ EXTENSIONS = (
     "statistics",
     "msgpack_tensor_data",
 )
+
+
+# Health answers with an empty body: 200, or 400 when not live/ready (Triton's statuses).
+_OK, _NOT_OK = empty_reply(200), empty_reply(400)
 
 
 def server_version() -> str:
@@ -94,12 +98,12 @@ class HTTPAPIServer(HTTPServer):
         self.offload.shutdown()
 
     def handle(self, request: Request) -> Response | None:
-        route = match(request.path)
+        path = request.path
+        route = ROUTES.get(path) or match(path)
         if route is None:
             return Response.error(404, "Not Found")
-        if request.method not in METHODS[route.endpoint] and not (
-            request.method == "HEAD" and "GET" in METHODS[route.endpoint]
-        ):
+        allowed = METHODS[route.endpoint]
+        if request.method not in allowed and not (request.method == "HEAD" and "GET" in allowed):
             return Response.error(405, "Method Not Allowed")
         handler = self._routes.get(route.endpoint)
         if handler is None:
@@ -114,12 +118,12 @@ class HTTPAPIServer(HTTPServer):
     def _health_live(self, request: Request, route: Route) -> Response:
         if self.exiting:
             return Response.error(503, "Server exiting")
-        return empty_reply(200 if self.manager.live() else 400)
+        return _OK if self.manager.live() else _NOT_OK
 
     def _health_ready(self, request: Request, route: Route) -> Response:
         if self.exiting:
             return Response.error(503, "Server exiting")
-        return empty_reply(200 if self.manager.ready() else 400)
+        return _OK if self.manager.ready() else _NOT_OK
 
     def _server_metadata(self, request: Request, route: Route) -> Response:
         return self._metadata

@@ -9,6 +9,7 @@ in flight finish on the models), then the metrics server, then the models are fi
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -41,6 +42,10 @@ class Server:
         except Exception:
             self.api.stop(0)
             raise
+        # Everything imported so far (NumPy, uvloop, evserve) lives as long as the process: keep
+        # it out of the collector's full passes, which otherwise rescan it while serving.
+        gc.collect()
+        gc.freeze()
         self.manager.start()
         log.info("HTTP API on %s:%d with %d loop threads; tensors on %s", self.config.http_address, self.api.port,
                  self.api.thread_count, backend_name())

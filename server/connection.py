@@ -82,6 +82,8 @@ _OPEN, _DRAINING, _CLOSING, _LINGERING, _CLOSED = Lifecycle  # unpacked in defin
 _HEAD, _BODY, _PHASE_IDLE, _FAILED = Phase.HEAD, Phase.BODY, Phase.IDLE, Phase.FAILED
 _ANSWER_IDLE, _HANDLING, _PAUSED, _STREAMING = Answer.IDLE, Answer.HANDLING, Answer.PAUSED, Answer.STREAMING
 _PEER_GONE, _SEND, _READ = Expired.PEER_GONE, Expired.SEND, Expired.READ
+# The methods llhttp knows that a client is likely to send, decoded once.
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 
 class RequestCounter:
@@ -217,7 +219,10 @@ class HttpConnection(asyncio.Protocol):
         if flow.stash or len(flow.ready) >= flow.max_ready:
             flow.keep(data)
             return
-        self._feed(memoryview(data))
+        if len(data) <= _SLICE and self._phase is not _BODY:
+            self._feed_piece(data, in_body=False)  # the usual read: one slice, no slicing
+        else:
+            self._feed(memoryview(data))
         self._dispatch()
 
     # ------------------------------------------------------------------ feeding the parser
@@ -241,20 +246,26 @@ class HttpConnection(asyncio.Protocol):
                 # slack (it may hold the next request's bytes), so the slice bounds the overshoot.
                 piece = data[offset : offset + _SLICE]
             offset += len(piece)
-            try:
-                if in_body:
-                    cycle.body_fed += len(piece)
-                else:
-                    self._head_fed += len(piece)
-                    if self._head_fed > self._head_cap:
-                        raise HeadTooLarge
-                self._parser.feed_data(piece)
-                if self._phase is _BODY and self._cycle.chunked:
-                    # Chunked bodies are fed in _SLICE pieces, so one slice is the slack.
-                    self._cycle.check_extensions(self._limits, _SLICE)
-            except (Reject, HeadTooLarge, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-                self._reject_after_queue(rejection_for(exc))
+            if not self._feed_piece(piece, in_body=in_body):
                 return
+
+    def _feed_piece(self, piece: bytes | memoryview, *, in_body: bool) -> bool:
+        """Feed one slice, counting it against the head or body bounds; False once parsing failed."""
+        try:
+            if in_body:
+                self._cycle.body_fed += len(piece)
+            else:
+                self._head_fed += len(piece)
+                if self._head_fed > self._head_cap:
+                    raise HeadTooLarge
+            self._parser.feed_data(piece)
+            if self._phase is _BODY and self._cycle.chunked:
+                # Chunked bodies are fed in _SLICE pieces, so one slice is the slack.
+                self._cycle.check_extensions(self._limits, _SLICE)
+        except (Reject, HeadTooLarge, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._reject_after_queue(rejection_for(exc))
+            return False
+        return True
 
     def _reject_after_queue(self, reject: Reject | None) -> None:
         """Stop parsing, and queue the error (or a close) behind the requests already parsed.
@@ -296,7 +307,16 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(431, "Request Header Fields Too Large: too many header fields")
         if cycle.head_bytes > limits.max_header_block:
             raise Reject(431, "Request Header Fields Too Large: the header block is too large")
-        cycle.request.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))  # type: ignore[union-attr]
+        # Request.add_header, inline: this runs for every header of every request.
+        req = cycle.request
+        assert req is not None
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        req.headers.append((key, text))
+        fields = req.fields
+        if key in fields:
+            req.add_repeated(key)
+        else:
+            fields[key] = text
 
     def on_headers_complete(self) -> None:
         cycle = self._cycle
@@ -304,7 +324,8 @@ class HttpConnection(asyncio.Protocol):
         assert req is not None
         parser = self._parser
         req.version = parser.get_http_version()
-        req.method = parser.get_method().decode("ascii", "replace")
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii", "replace")
         req.keep_alive = parser.should_keep_alive()
         cycle.head_complete(req, self._limits)
         if cycle.expect_continue:

@@ -84,15 +84,19 @@ class Request:
         self.keep_alive = True
 
     def add_header(self, name: str, value: str) -> None:
-        """Record a header as it arrives (``name`` lower-case)."""
+        """Record a header as it arrives (``name`` lower-case); the connection does this inline."""
         self.headers.append((name, value))
         fields = self.fields
         if name in fields:
-            if self.repeated is _NONE_REPEATED:
-                self.repeated = set()
-            self.repeated.add(name)
+            self.add_repeated(name)
         else:
             fields[name] = value
+
+    def add_repeated(self, name: str) -> None:
+        """Note that header ``name`` was sent more than once."""
+        if self.repeated is _NONE_REPEATED:
+            self.repeated = set()
+        self.repeated.add(name)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower-case), or None."""
@@ -155,7 +159,11 @@ class Ticket:
 
     def finish(self, response: Response) -> None:
         """Send the complete reply and resume the connection."""
-        self._defer(self._conn._finish_ticket, self, response)
+        conn = self._conn
+        try:
+            conn.owner.defer(conn._finish_ticket, self, response)
+        except DeferClosed:
+            self._cancelled = True  # as _defer: the loop has stopped, no one is left to answer
 
     def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Start a chunked reply (for streams such as SSE); follow with send() and end()."""

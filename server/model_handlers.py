@@ -169,7 +169,10 @@ class _Completion:
 
     def _labels(self) -> dict[str, list[str]] | None:
         """Class labels for classification outputs, read here on the worker thread (disk I/O)."""
-        wanted = [o.name for o in self.request.outputs or () if o.classification > 0]
+        outputs = self.request.outputs
+        if not outputs:
+            return None
+        wanted = [o.name for o in outputs if o.classification > 0]
         if not wanted:
             return None
         return {name: self.served.labels(name) for name in wanted}

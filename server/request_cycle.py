@@ -123,7 +123,11 @@ class RequestCycle:
         llhttp has checked the syntax, refused conflicting framing and malformed or duplicate
         Content-Length values; what is left is what HTTP/1.1 and the limits require.
         """
-        _split_target(req, self.url)
+        url = self.url
+        if url[:1] == b"/" and b"?" not in url and b"#" not in url:
+            req.path = url.decode("ascii", "replace")  # the usual origin form, no query: no split
+        else:
+            _split_target(req, url)
         if req.version not in ("1.0", "1.1"):
             raise Reject(505, "HTTP Version Not Supported")
         self.valid_host = _check_host(req, self.valid_host)
@@ -199,9 +203,6 @@ def rejection_for(
 
 def _split_target(req: Request, raw: bytearray) -> None:
     """Fill in ``req.path`` and ``req.query`` from the request target."""
-    if raw[:1] == b"/" and b"?" not in raw and b"#" not in raw:
-        req.path = raw.decode("ascii", "replace")  # the usual origin form, no query
-        return
     path, _, query = bytes(raw).partition(b"?")
     path, _, _ = path.partition(b"#")
     if path[:7].lower() == b"http://":

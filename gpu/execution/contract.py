@@ -85,12 +85,19 @@ class ExecRequest:
             if self._done:
                 return False
             self._done = True
-        if self.on_finish is not None:
-            call_logged(self.on_finish, result)
-        if self.stream is not None:
-            call_logged(self.stream, result, True)
-        else:
-            call_logged(self.complete, result)
+        # call_logged, inline: this runs once for every request.
+        try:
+            if self.on_finish is not None:
+                self.on_finish(result)
+        except Exception:
+            _log.exception("completion callback failed")
+        try:
+            if self.stream is not None:
+                self.stream(result, True)
+            else:
+                self.complete(result)  # type: ignore[arg-type]
+        except Exception:
+            _log.exception("completion callback failed")
         return True
 
     def send(self, partial: InferResponse) -> None:

@@ -57,15 +57,17 @@ class ModelStats:
             if compute_ns >= 0:
                 self.compute_count += 1
                 self.compute_ns += compute_ns
-                self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_rejected(self) -> None:
         """A request refused at admission (queue full): a failure with reason REJECTED."""
         self.record_request(False, 0, -1, -1, 0, reason="REJECTED")
 
     def record_execution(self, rows: int, compute_ns: int) -> None:
+        """Account one ``execute`` of ``rows`` batch rows; it is also the last inference's time."""
+        now_ms = time.time_ns() // 1_000_000
         with self._lock:
             self.execution_count += 1
+            self.last_inference_ms = now_ms
             entry = self.batches.setdefault(rows, [0, 0])
             entry[0] += 1
             entry[1] += compute_ns

@@ -230,7 +230,13 @@ class InstanceWorker:
             job = admitted.job
             if job.done or self._dropping:
                 job.finish(_dropped(self.model_name))  # dropped at a stop while it waited
-            elif self._is_cancelled(job):
+                continue
+            try:
+                cancelled = job.cancelled()
+            except Exception:
+                _log.exception("cancelled() check failed; executing the request anyway")
+                cancelled = False
+            if cancelled:
                 job.finish(ProtocolError(CANCELLED, 400))
             else:
                 live.append(admitted)
@@ -257,14 +263,6 @@ class InstanceWorker:
             self.in_flight -= len(live)
             self.executions += 1
             self.inferences += rows
-
-    @staticmethod
-    def _is_cancelled(job: ExecRequest) -> bool:
-        try:
-            return bool(job.cancelled())
-        except Exception:
-            _log.exception("cancelled() check failed; executing the request anyway")
-            return False
 
     # ---- shutdown ---------------------------------------------------------------------------
 
