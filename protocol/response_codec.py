@@ -218,12 +218,7 @@ def encode_common(resp: InferResponse, req: InferRequest) -> EncodedReply | None
                 return None  # NaN and infinities are written as tokens by the full path
             entry["data"] = flat
         entries.append(entry)
-    head: dict[str, Any] = {}
-    request_id = resp.id or req.id
-    if request_id:
-        head["id"] = request_id
-    head["model_name"] = resp.model_name
-    head["model_version"] = str(resp.model_version)
+    head = _head_fields(resp, req)
     head["outputs"] = entries
     json_head = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     if not any(entry.get("parameters") for entry in entries):

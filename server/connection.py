@@ -307,7 +307,7 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(431, "Request Header Fields Too Large: too many header fields")
         if cycle.head_bytes > limits.max_header_block:
             raise Reject(431, "Request Header Fields Too Large: the header block is too large")
-        # Request.add_header, inline: this runs for every header of every request.
+        # Recorded here (headers in order, first values indexed, repeats noted) for every header.
         req = cycle.request
         assert req is not None
         key, text = name.decode("latin-1").lower(), value.decode("latin-1")

@@ -83,15 +83,6 @@ class Request:
         self.body = bytearray()
         self.keep_alive = True
 
-    def add_header(self, name: str, value: str) -> None:
-        """Record a header as it arrives (``name`` lower-case); the connection does this inline."""
-        self.headers.append((name, value))
-        fields = self.fields
-        if name in fields:
-            self.add_repeated(name)
-        else:
-            fields[name] = value
-
     def add_repeated(self, name: str) -> None:
         """Note that header ``name`` was sent more than once."""
         if self.repeated is _NONE_REPEATED:

@@ -50,7 +50,9 @@ def refused_within(port: int, seconds: float) -> None:
     while time.monotonic() < deadline:
         try:
             client = Client(port, timeout=1)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # A reset during connect is a refusal too: the SYN sat in the backlog of a listener
+            # that closed before accepting it.
             return
         with client:
             try:

@@ -1,0 +1,176 @@
+"""Instructions per request, counted by callgrind: the figure that survives a noisy machine.
+
+Why: req/s and CPU time on a small shared VM swing with everything else running on it, while
+the number of instructions a server executes per request does not (valgrind counts them, it
+does not time them). The server runs under ``valgrind --tool=callgrind``; once it answers, a
+warm-up goes through, the counters are zeroed, N requests are sent on C keep-alive connections
+(closed loop, from this process), and the counters are dumped: the total over N is the figure.
+It counts user-space instructions of every thread of the server (syscalls' kernel work is not
+counted), so it measures Python and C work, not waiting.
+
+    python bench/instructions.py                      # evserve --threads 1, health and simple JSON
+    python bench/instructions.py --server work-floor  # the work floor, for the ratio
+    python bench/instructions.py --workload simple-json --requests 5000
+
+Needs valgrind (Debian: valgrind; callgrind_control comes with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BENCH_DIR, HOST, free_port, simple_json_body
+
+WORKLOADS = ("ready", "simple-json")
+SERVERS = ("evserve", "work-floor")
+
+
+def request_bytes(workload: str) -> bytes:
+    if workload == "ready":
+        return b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    body = simple_json_body()
+    head = (
+        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
+def _reply_end(buf: bytes) -> int | None:
+    """Where the first complete Content-Length reply in ``buf`` ends, or None."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", buf[: head_end + 2])
+    end = head_end + 4 + (int(match.group(1)) if match else 0)
+    return end if len(buf) >= end else None
+
+
+def send_requests(port: int, request: bytes, count: int, connections: int) -> None:
+    """``count`` requests over ``connections`` keep-alive connections, one in flight on each."""
+    selector = selectors.DefaultSelector()
+    buffers: dict[socket.socket, bytes] = {}
+    sent = done = 0
+    for _ in range(min(connections, count)):
+        sock = socket.create_connection((HOST, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        selector.register(sock, selectors.EVENT_READ)
+        buffers[sock] = b""
+        sock.sendall(request)
+        sent += 1
+    while done < count:
+        for key, _ in selector.select(timeout=120):
+            sock = key.fileobj  # type: ignore[assignment]
+            data = sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError("the server closed a connection")
+            buffers[sock] += data
+            while (end := _reply_end(buffers[sock])) is not None:
+                buffers[sock] = buffers[sock][end:]
+                done += 1
+                if sent < count:
+                    sock.sendall(request)
+                    sent += 1
+    for sock in buffers:
+        sock.close()
+
+
+def server_command(server: str, port: int, threads: int) -> list[str]:
+    if server == "work-floor":
+        return [sys.executable, str(BENCH_DIR / "work_floor.py"), "--port", str(port)]
+    code = (
+        "import sys; from evserve.server.cli import main; "
+        f"sys.exit(main(['--threads', '{threads}', '--http-address', '{HOST}', '--http-port', '{port}', "
+        "'--allow-metrics', 'false']))"
+    )
+    return [sys.executable, "-c", code]
+
+
+def wait_ready(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    ready = request_bytes("ready")
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=5) as sock:
+                sock.sendall(ready)
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no 200 from port {port} within {timeout:.0f} s")
+
+
+def total_instructions(dump: str) -> int:
+    """The ``summary:`` line of a callgrind dump: every instruction counted since the last zero."""
+    text = Path(dump).read_text(errors="replace")
+    match = re.search(r"^summary:\s*(\d+)", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary in {dump}")
+    return int(match.group(1))
+
+
+def measure(server: str, workload: str, requests: int, connections: int, threads: int) -> float:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="evserve-callgrind-") as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # idle BLAS threads spin and would be counted
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *server_command(server, port, threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )
+        try:
+            wait_ready(port, 300)
+            request = request_bytes(workload)
+            send_requests(port, request, 300, connections)  # warm-up: imports, caches, allocator
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            send_requests(port, request, requests, connections)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+            time.sleep(1)
+            dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+            if not dumps:
+                raise RuntimeError("callgrind wrote no dump")
+            return total_instructions(dumps[-1]) / requests
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=SERVERS, action="append", help="repeatable; default: both")
+    parser.add_argument("--workload", choices=WORKLOADS, action="append", help="repeatable; default: both")
+    parser.add_argument("--requests", type=int, default=3000, help="requests counted (default 3000)")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
+    parser.add_argument("--threads", type=int, default=1, help="evserve --threads (default 1)")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("instructions.py: needs valgrind and callgrind_control (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    servers = args.server or list(SERVERS)
+    figures: dict[tuple[str, str], float] = {}
+    print("| workload | server | instructions per request |\n|---|---|---:|")
+    for workload in args.workload or list(WORKLOADS):
+        for server in servers:
+            figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads)
+            print(f"| {workload} | {server} | {figures[workload, server]:,.0f} |", flush=True)
+    if set(servers) == set(SERVERS):
+        for workload in args.workload or list(WORKLOADS):
+            ratio = figures[workload, "evserve"] / figures[workload, "work-floor"]
+            print(f"\n{workload}: evserve executes {ratio:.2f}x the work floor's instructions per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
