@@ -14,9 +14,9 @@ Theory of operation
 3. **Pause.** A handler that cannot answer at once calls :meth:`Request.pause`, gets a
    :class:`Ticket` and hands it to another thread. The connection keeps reading (bounded) so
    that a client that goes away is noticed and the ticket is cancelled. When the reply comes
-   back through ``defer`` it is written here. The next request is taken up on a later loop
-   iteration (``FlowControl.schedule_resume``, a ``call_soon``), as libevhtp's resume event
-   does.
+   back through ``defer`` it is written here. A pipelined request waiting behind it is taken
+   up on a later loop iteration (``FlowControl.schedule_resume``, a ``call_soon``), as
+   libevhtp's resume event does; with nothing waiting, reading resumes at once.
 4. **Limits are counted, not inferred.** llhttp gives strict framing and nothing else. Sizes
    are counted in the callbacks, into the connection's :class:`RequestCycle`. Deadlines are
    checked by the loop thread's tick (:meth:`check_deadlines`, deadlines.py), so a slow or
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from evserve.server.config import Limits
     from evserve.server.loop_thread import LoopThread
 
-__all__ = ["HttpConnection", "Phase", "RequestCounter"]
+__all__ = ["HttpConnection", "Phase"]
 
 log = logging.getLogger("evserve.server")
 
@@ -86,15 +86,6 @@ _PEER_GONE, _SEND, _READ = Expired.PEER_GONE, Expired.SEND, Expired.READ
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 
-class RequestCounter:
-    """Requests answered by one loop thread; only that thread writes it, readers may see it stale."""
-
-    __slots__ = ("requests",)
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-
 class HttpConnection(asyncio.Protocol):
     """The httptools callback object and asyncio protocol of one socket."""
 
@@ -105,14 +96,12 @@ class HttpConnection(asyncio.Protocol):
         limits: Limits,
         *,
         on_close: Callable[[HttpConnection], None] | None = None,
-        counter: RequestCounter | None = None,
     ) -> None:
         # Per-connection state
         self.owner = owner
         self._handler = handler
         self._limits = limits
         self._on_close = on_close
-        self._counter = counter  # this loop thread's request count, for /metrics
         self._loop = owner.loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -391,8 +380,7 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     self._close()
                 return
-            if self._counter is not None:
-                self._counter.requests += 1
+            self.owner.requests += 1
             try:
                 response = self._handler(req)
             except Exception:

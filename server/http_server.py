@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evserve.server.config import Limits
-from evserve.server.connection import HttpConnection, RequestCounter
+from evserve.server.connection import HttpConnection
 from evserve.server.exchange import Request, Response
 from evserve.server.loop_thread import LoopThread
 
@@ -83,7 +83,6 @@ class HTTPServer:
         self.loops: list[LoopThread] = []
         # Live connections per loop thread, assigned and released under _conn_lock.
         self._live: list[int] = [0] * threads
-        self._counters = [RequestCounter() for _ in range(threads)]
         self._conn_lock = threading.Condition()
         self._accepting = False
         self._draining = False
@@ -210,7 +209,6 @@ class HTTPServer:
                 self.handle,
                 self.limits,
                 on_close=lambda c: self._on_close(index, c),
-                counter=self._counters[index],
             )
             return conn
 
@@ -270,7 +268,10 @@ class HTTPServer:
     def thread_stats(self) -> list[ThreadStats]:
         with self._conn_lock:
             live = list(self._live)
-        return [ThreadStats(i, live[i], self._counters[i].requests) for i in range(self.thread_count)]
+        loops = self.loops
+        return [
+            ThreadStats(i, live[i], loops[i].requests if i < len(loops) else 0) for i in range(self.thread_count)
+        ]
 
     def on_each_thread(self, fn: Callable[[int], None]) -> None:
         """Run ``fn(index)`` on every loop thread (through defer)."""

@@ -83,6 +83,9 @@ class LoopThread:
         self._stop_requested = False
         self._running = threading.Event()
         self._start_error: BaseException | None = None
+        # Requests answered on this thread (for /metrics): only this thread writes it; readers
+        # elsewhere may see it a little stale, never torn (one int attribute).
+        self.requests = 0
         # after_burst() work; only this thread touches it.
         self._burst: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self._burst_scheduled = False

@@ -127,6 +127,7 @@ class FakeOwner:
 
     def __init__(self) -> None:
         self.loop = MockLoop()
+        self.requests = 0
         self.deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     def assert_owner(self) -> None:
