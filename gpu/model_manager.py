@@ -11,6 +11,11 @@ Two kinds of callers with opposite needs share this object:
   executor, serialised per model by a per-model lock; the manager-wide lock is held only for
   dict swaps.
 
+Nothing here leans on the GIL: snapshots are published by one attribute assignment under the
+publish lock, per-model state is touched only under its slot's lock, and the two bags written by
+several control threads without a lock (``_startup_errors``, ``_background``) see only single
+dict/set operations, which are atomic on free-threaded builds too.
+
 A reload is a safe swap: the new version is built and initialised while the old one serves,
 then the snapshot is switched in one assignment, and only then does the old version stop
 accepting, drain (bounded by ``unload_timeout``) and finalize, on a background thread.

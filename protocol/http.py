@@ -39,8 +39,9 @@ def _checked(text: str) -> str:
 # Encoded header lines by (name, value): replies repeat a few (Content-Type, say), and a lookup
 # is cheaper than formatting, checking and encoding each time. Bounded: values that vary
 # (lengths, client-named content) stop being added once it is full; a line is checked once,
-# before it is stored. Safe to share between threads: entries are only ever added, and a race
-# stores the same bytes twice.
+# before it is stored. Safe to share between threads, with or without the GIL: a dict's get and
+# set are atomic, entries are only ever added, and a race stores the same bytes twice (the bound
+# may be overshot by one entry per racing thread).
 _LINES: dict[tuple[str, str], bytes] = {}
 _MAX_LINES = 4096
 

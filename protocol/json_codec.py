@@ -48,12 +48,28 @@ _JSON_TYPE_NAMES = {
 }
 
 
+def _takes_buffers() -> bool:
+    """Whether this orjson parses bytearrays and memoryviews (builds for free-threaded
+    CPython take only ``bytes`` and ``str``: there the body is copied into ``bytes`` first)."""
+    try:
+        orjson.loads(memoryview(b"0"))
+        orjson.loads(bytearray(b"0"))
+    except (TypeError, orjson.JSONDecodeError):
+        return False
+    return True
+
+
+_TAKES_BUFFERS = _takes_buffers()
+
+
 def loads(buf: bytes | bytearray | memoryview, *, depth_error: str = "") -> Any:
     """Parse a JSON document, or raise :class:`BadRequest` with the parser's reason.
 
     orjson (3.10+) refuses documents nested deeper than 1024 levels with an error of its own;
     ``depth_error`` replaces its text for that case (by default one naming the limit).
     """
+    if not _TAKES_BUFFERS and type(buf) is not bytes:
+        buf = bytes(buf)
     try:
         return orjson.loads(buf)
     except orjson.JSONDecodeError as exc:
@@ -112,6 +128,8 @@ def _check_types(plan: InputPlan, types: set[type], msgpack: bool) -> None:
         )
 
 
+# A pure function of the name: functools.cache is thread-safe, and a racing first call only
+# computes the same iinfo twice.
 @functools.cache
 def _int_range(datatype: str) -> np.iinfo:
     return np.iinfo(numpy_dtype(datatype))

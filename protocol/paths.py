@@ -126,7 +126,8 @@ def _repository_route(parts: list[str]) -> Route | None:
 
 # Routes by path: a server sees the same few paths over and over. Bounded, because paths are
 # chosen by clients; once full, new paths are matched but not stored. Route is immutable, so
-# entries are shared by every thread; a race between two threads stores equal values.
+# entries are shared by every thread; a race between two threads stores equal values (dict reads
+# and writes are atomic on free-threaded builds too, so no lock is needed).
 ROUTES: dict[str, Route | None] = {}
 _MAX_ROUTES = 4096
 

@@ -20,6 +20,7 @@ from evserve.gpu.options import ModelManagerOptions
 from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
+from evserve.server.runtime import describe_interpreter, free_threaded_build, gil_enabled, usable_cores
 
 log = logging.getLogger("evserve.server")
 
@@ -206,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # an address that does not resolve, or one this host does not have
         print(f"evserve: cannot listen on {config.http_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    log.info("%s; %d usable cores", describe_interpreter(), usable_cores())
+    if free_threaded_build() and gil_enabled():
+        log.warning("the GIL is on in this free-threaded build: a module imported by evserve or its "
+                    "dependencies has not declared free-threading support (Python's warning above names it); "
+                    "the loop threads will not run in parallel")
     status = 0
     if config.models.exit_on_error:
         # Wait for the startup models, but stay responsive to signals meanwhile.

@@ -11,7 +11,7 @@ import logging
 import sys
 
 access = logging.getLogger("evserve.access")
-# Read on every reply; set once by configure().
+# Read on every reply; set once by configure(), before any loop thread starts.
 ACCESS_LOG = False
 
 

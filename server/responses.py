@@ -18,7 +18,8 @@ def json_reply(obj: Any, status: int = 200, *, shared: bool = False) -> Response
     return Response(status, list(JSON), [orjson.dumps(obj)], shared=shared)
 
 
-# Replies are never changed once built, so the empty ones are built once per status.
+# Replies are never changed once built, so the empty ones are built once per status. Shared by
+# every loop thread: dict.setdefault is atomic (also without the GIL), so racing threads agree on one.
 _EMPTY: dict[int, Response] = {}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 
 def gil_enabled() -> bool:
@@ -35,3 +36,17 @@ def loop_thread_count(requested: int, *, cap_to_cores: bool) -> int:
     if not cap_to_cores or not gil_enabled():
         return requested
     return max(1, min(requested, usable_cores()))
+
+
+def free_threaded_build() -> bool:
+    """Whether this CPython was built without the GIL (``--disable-gil``, the 3.13t/3.14t builds)."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def describe_interpreter() -> str:
+    """One line for the start-up log: the version, the build and the GIL's state."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    if not free_threaded_build():
+        return f"CPython {version} with the GIL"
+    state = "GIL on (a module re-enabled it, or PYTHON_GIL=1)" if gil_enabled() else "GIL off"
+    return f"CPython {version} free-threaded build, {state}"

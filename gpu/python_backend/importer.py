@@ -16,6 +16,7 @@ import builtins
 import importlib.machinery
 import importlib.util
 import itertools
+import logging
 import os
 import re
 import sys
@@ -24,6 +25,8 @@ import types
 from typing import Any
 
 from evserve.gpu.python_backend import pb_utils
+
+_log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.py"
 _PACKAGE_ROOT = "evserve_models"
@@ -45,13 +48,26 @@ def import_model_file(model_name: str, version: int, version_dir: str) -> tuple[
     with _import_lock:
         register_pb_utils()
         package = _version_package(model_name, version, version_dir)
+        gil_before = _gil_enabled()
         try:
-            return package.__name__, _exec_model_file(package.__name__, path, version_dir)
+            module = _exec_model_file(package.__name__, path, version_dir)
+            if not gil_before and _gil_enabled():
+                _log.warning(
+                    "importing model '%s' turned the GIL on: a module it imports has not declared that it can run "
+                    "without the GIL (Python's warning names it); loop threads and workers now share one GIL",
+                    model_name,
+                )
+            return package.__name__, module
         except BaseException as exc:
             drop_modules(package.__name__)
             if isinstance(exc, Exception):
                 raise PythonModelError(f"failed to import '{path}': {type(exc).__name__}: {exc}") from exc
             raise
+
+
+def _gil_enabled() -> bool:
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
 
 
 def _exec_model_file(package: str, path: str, version_dir: str) -> types.ModuleType:

@@ -108,6 +108,8 @@ class PythonModelInstance:
         self._ready_lock = threading.Lock()
         self._ready_future: concurrent.futures.Future[bool] | None = None
         self._runner: AsyncRunner | None = None
+        # execute (the worker thread) and is_ready (its own thread) may both need the loop first.
+        self._runner_lock = threading.Lock()
 
     # -- execute ------------------------------------------------------------------------------
 
@@ -322,11 +324,16 @@ class PythonModelInstance:
             _log.exception("model instance '%s' failed to finalize", self.name)
             raise
         finally:
-            if self._runner is not None:
-                self._runner.close()
-                self._runner = None
+            with self._runner_lock:
+                runner, self._runner = self._runner, None
+            if runner is not None:
+                runner.close()
 
     def _async_runner(self) -> AsyncRunner:
-        if self._runner is None:
-            self._runner = AsyncRunner(self.name)
-        return self._runner
+        runner = self._runner
+        if runner is None:
+            with self._runner_lock:
+                if self._runner is None:
+                    self._runner = AsyncRunner(self.name)
+                runner = self._runner
+        return runner

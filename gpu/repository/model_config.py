@@ -204,6 +204,7 @@ class ModelConfig:
         return _read_label_file(path) if path else []
 
 
+# lru_cache is thread-safe; two workers racing on the first read both read the same file.
 @functools.lru_cache(maxsize=256)
 def _read_label_file(path: str) -> list[str]:
     with open(path, encoding="utf-8") as handle:

@@ -10,9 +10,9 @@ itself depends only on protobuf.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
+import threading
 from types import ModuleType
 
 from google.protobuf.message import Message
@@ -37,13 +37,30 @@ def _schema_path() -> str:
     )
 
 
-@functools.cache
+_schema: ModuleType | None = None
+_schema_lock = threading.Lock()
+
+
 def schema() -> ModuleType:
     """The generated ``model_config_pb2`` module, loaded once per process.
 
     Loading it again under another name (or next to ``tritonclient.grpc``) is harmless: protobuf
-    accepts a byte-identical file descriptor that is already in its default pool.
+    accepts a byte-identical file descriptor that is already in its default pool. Loading it
+    twice *at the same time* is not: on a free-threaded build, two startup loads that race
+    corrupt the pure-Python protobuf descriptors (``functools.cache`` does not serialise the
+    first call), so the first load runs under a lock and every later call reads the result.
     """
+    global _schema
+    loaded = _schema
+    if loaded is not None:
+        return loaded
+    with _schema_lock:
+        if _schema is None:
+            _schema = _load_schema()
+        return _schema
+
+
+def _load_schema() -> ModuleType:
     path = _schema_path()
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, path)
     if spec is None or spec.loader is None:

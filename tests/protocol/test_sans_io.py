@@ -19,8 +19,11 @@ FORBIDDEN = (
     "concurrent.futures", "multiprocessing", "subprocess", "evserve.server", "evserve.gpu",
 )
 
+# The third-party libraries protocol/ builds on are imported before the baseline: what they
+# import is theirs (NumPy on a free-threaded build imports threading for its own locks).
 PROBE = """
 import importlib, json, sys
+import msgpack, numpy, orjson
 before = set(sys.modules)
 for name in {names!r}:
     importlib.import_module(name)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from evserve.gpu.repository import schema as config_schema
@@ -18,3 +21,31 @@ def test_missing_tritonclient_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(config_schema.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(config_schema.SchemaUnavailable, match="tritonclient"):
         config_schema._schema_path()
+
+
+def test_schema_is_loaded_once_when_threads_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent first calls share one load (a second, concurrent load corrupts pure-Python protobuf)."""
+    real = config_schema.schema()
+    loads: list[int] = []
+
+    def slow_load() -> object:
+        loads.append(threading.get_ident())
+        time.sleep(0.05)  # wide enough for every thread to arrive while the first one loads
+        return real
+
+    monkeypatch.setattr(config_schema, "_schema", None)
+    monkeypatch.setattr(config_schema, "_load_schema", slow_load)
+    start = threading.Barrier(8)
+    results: list[object] = []
+
+    def call() -> None:
+        start.wait()
+        results.append(config_schema.schema())
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1
+    assert len(results) == 8 and all(result is real for result in results)
