@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import http.client
 import os
 import shutil
@@ -13,6 +14,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The interpreter that runs the servers under test. The tests themselves (and their clients, such
+# as tritonclient's gevent-based HTTP client, which does not run on a free-threaded build) stay on
+# the interpreter running pytest, so one suite drives either build of the server:
+#   EVSERVE_SERVER_PYTHON=/path/to/python3.14t-venv/bin/python pytest tests/e2e
+SERVER_PYTHON = os.environ.get("EVSERVE_SERVER_PYTHON") or sys.executable
+SERVER_COMMAND = [SERVER_PYTHON, "-m", "evserve.server"]
+
+
+@functools.cache
+def server_has_gil() -> bool:
+    """Whether the server's interpreter runs with the GIL (it decides how many loop threads run)."""
+    probe = "import sys; print(getattr(sys, '_is_gil_enabled', lambda: True)())"
+    answer = subprocess.run([SERVER_PYTHON, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return answer.strip() == "True"
 
 
 def free_port() -> int:
@@ -52,7 +68,7 @@ class EvserveProcess:
 
     def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> EvserveProcess:
         cmd = [
-            sys.executable, "-m", "evserve.server",
+            *SERVER_COMMAND,
             "--http-address", "127.0.0.1",
             "--http-port", str(self.port),
             "--metrics-port", str(self.metrics_port),

@@ -2,23 +2,25 @@
 
 The whole server runs in this process so the test can watch threads: every reply write is
 recorded with the thread that made it and the loop thread that owns the connection, and
-the model reports the thread its ``execute`` ran on.
+the model reports the thread its ``execute`` ran on. The client is a raw keep-alive socket per
+connection (tests/wire.py), so this runs on a free-threaded build too, where the loop threads
+really run at once.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
 from evserve.server import loop_thread
 from evserve.server.app import Server
 from evserve.server.config import Config
 from evserve.server.connection import HttpConnection
+from tests.wire import Client, request
 
 WHERE_MODEL = """
 import threading
@@ -78,13 +80,15 @@ def test_execute_runs_on_workers_and_replies_on_the_owning_loop(
     server: Server, writes: list[tuple[int, int | None]]
 ) -> None:
     loop_idents = {thread.ident for thread in server.api.loops}
-    clients = [httpclient.InferenceServerClient(f"127.0.0.1:{server.api.port}") for _ in range(6)]
+    body = json.dumps({"inputs": [{"name": "IN", "datatype": "INT32", "shape": [1], "data": [1]}]}).encode()
+    infer = request("POST", "/v2/models/where/infer", body=body)
+    clients = [Client(server.api.port) for _ in range(6)]
     executed_on = set()
     for _ in range(5):
         for client in clients:
-            inp = httpclient.InferInput("IN", [1], "INT32")
-            inp.set_data_from_numpy(np.array([1], dtype=np.int32))
-            executed_on.add(int(client.infer("where", [inp]).as_numpy("THREAD")[0]))
+            reply = client.exchange(infer)
+            assert reply.status == 200, reply.body
+            executed_on.add(int(json.loads(reply.body)["outputs"][0]["data"][0]))
     for client in clients:
         client.close()
 

@@ -10,7 +10,6 @@ is still loading (the HTTP port opens before any model work).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from tests.e2e.conftest import (
     wait_for,
     write_identity,
 )
-from tests.evserve_process import EvserveProcess
+from tests.evserve_process import SERVER_COMMAND, EvserveProcess
 
 BAD_SYNTAX = """
 name: "bad_syntax"
@@ -133,7 +132,7 @@ def test_not_strict_readiness_is_200(repository: Path) -> None:
 
 
 def test_exit_on_error_by_default(repository: Path) -> None:
-    cmd = [sys.executable, "-m", "evserve.server", "--http-address", "127.0.0.1", "--http-port", "0",
+    cmd = [*SERVER_COMMAND, "--http-address", "127.0.0.1", "--http-port", "0",
            "--metrics-port", "0", "--threads", "1", "--model-repository", str(repository)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
@@ -146,7 +145,7 @@ def test_exit_on_error_by_default(repository: Path) -> None:
 
 def test_missing_repository_exits(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-repository"
-    cmd = [sys.executable, "-m", "evserve.server", "--http-address", "127.0.0.1", "--http-port", "0",
+    cmd = [*SERVER_COMMAND, "--http-address", "127.0.0.1", "--http-port", "0",
            "--metrics-port", "0", "--threads", "1", "--model-repository", str(missing)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from evserve.server.runtime import loop_thread_count
+from evserve.server.runtime import usable_cores
 from tests.e2e.conftest import (
     announce_then_sleep,
     call,
@@ -34,10 +33,10 @@ from tests.e2e.conftest import (
     wait_for,
     write_identity,
 )
-from tests.evserve_process import EvserveProcess, free_port
+from tests.evserve_process import SERVER_COMMAND, EvserveProcess, free_port, server_has_gil
 from tests.wire import Client, get
 
-SERVER = [sys.executable, "-m", "evserve.server"]
+SERVER = SERVER_COMMAND
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -215,8 +214,9 @@ def test_port_zero_picks_a_free_port(started: list[Started], tmp_path: Path) -> 
     metrics = free_port()
     proc = start(started, tmp_path, "--threads", "8", "--http-address", "127.0.0.1", "--http-port", "0",
                  "--metrics-port", str(metrics))
-    # With the GIL the server runs one loop thread per usable core at most (server/runtime.py).
-    threads = loop_thread_count(8, cap_to_cores=True)
+    # With the GIL the server runs one loop thread per usable core at most (server/runtime.py);
+    # a free-threaded server (EVSERVE_SERVER_PYTHON) runs all eight.
+    threads = min(8, usable_cores()) if server_has_gil() else 8
     found: list[int] = []
 
     def announced() -> bool:
