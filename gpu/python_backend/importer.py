@@ -48,14 +48,14 @@ def import_model_file(model_name: str, version: int, version_dir: str) -> tuple[
     with _import_lock:
         register_pb_utils()
         package = _version_package(model_name, version, version_dir)
-        gil_before = _gil_enabled()
+        gil_before, modules_before = _gil_enabled(), set(sys.modules)
         try:
             module = _exec_model_file(package.__name__, path, version_dir)
             if not gil_before and _gil_enabled():
                 _log.warning(
-                    "importing model '%s' turned the GIL on: a module it imports has not declared that it can run "
-                    "without the GIL (Python's warning names it); loop threads and workers now share one GIL",
-                    model_name,
+                    "importing model '%s' turned the GIL on (extension modules it loaded: %s): one of them has "
+                    "not declared that it runs without the GIL; loop threads and workers now share one GIL",
+                    model_name, ", ".join(_new_extensions(modules_before)) or "none found",
                 )
             return package.__name__, module
         except BaseException as exc:
@@ -63,6 +63,16 @@ def import_model_file(model_name: str, version: int, version_dir: str) -> tuple[
             if isinstance(exc, Exception):
                 raise PythonModelError(f"failed to import '{path}': {type(exc).__name__}: {exc}") from exc
             raise
+
+
+def _new_extensions(before: set[str]) -> list[str]:
+    """Extension modules imported since ``before``: the candidates for turning the GIL on."""
+    found = []
+    for name in sorted(set(sys.modules) - before):
+        origin = getattr(sys.modules.get(name), "__file__", None) or ""
+        if origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            found.append(name)
+    return found
 
 
 def _gil_enabled() -> bool:
