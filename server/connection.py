@@ -348,6 +348,7 @@ class HttpConnection(asyncio.Protocol):
         req = cycle.request
         assert req is not None
         cycle.request = None  # the ready queue owns it now
+        cycle.expect_continue = False  # the whole body is here: no 100 Continue is owed any more
         ready = self._flow.ready
         if self._served + len(ready) + 1 >= self._limits.max_requests_per_connection:
             req.keep_alive = False

@@ -65,7 +65,7 @@ class RequestCycle:
     ``request`` is the Request being filled in. It is None before the first request and again
     once on_message_complete has queued the request (the queue owns it from then on). The
     other fields keep their last values until the next :meth:`begin`. In particular,
-    ``expect_continue`` stays set until the 100 Continue is sent or the next request begins.
+    ``expect_continue`` stays set until the 100 Continue is sent or the whole body has arrived.
     ``body`` is the request's own bytearray, kept here so that on_body reaches it without a
     hop; ``valid_host`` spares the Host check its regex when a connection repeats its Host.
     """

@@ -153,6 +153,18 @@ def test_expect_100_continue_waits_for_the_reply_before_it(server: ProbeServer, 
     assert client.read_reply().body == b"ok"
 
 
+def test_no_100_continue_for_a_body_that_arrived_with_its_head(server: ProbeServer, connect) -> None:
+    """A client may send the body without waiting; then no 100 is owed, not even after the reply."""
+    client = connect(server)
+    expect = request("POST", "/echo", headers=(("Expect", "100-continue"), ("Content-Length", "2")))
+    client.send(get("/slow?ms=100&id=first") + expect + b"ok")
+    first, second = client.read_replies(2)
+    assert first.header("x-query") == "ms=100&id=first"
+    assert (second.status, second.body) == (200, b"ok")
+    assert client.exchange(get("/echo?after=expect")).header("x-query") == "after=expect"
+    assert not client.readable(0.2), "a stray interim reply followed the final ones"
+
+
 def test_streamed_reply_is_chunked_and_keeps_the_connection(any_server: ProbeServer, connect) -> None:
     client = connect(any_server)
     reply = client.exchange(get("/stream?n=4&ms=5"))
