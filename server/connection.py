@@ -259,9 +259,8 @@ class HttpConnection(asyncio.Protocol):
     def _reject_after_queue(self, reject: Reject | None) -> None:
         """Stop parsing, and queue the error (or a close) behind the requests already parsed.
 
-        Phase FAILED makes the next reply written the last one (it says Connection: close). So
-        the error itself goes out only when no reply was owed before it; otherwise the reply
-        owed is written, and the connection closes after it.
+        The requests parsed before the error are answered in order, as nginx does; the error
+        reply (or the close) comes last, in its turn, and it alone says Connection: close.
         """
         self._set_phase(_FAILED)
         flow = self._flow
@@ -425,7 +424,11 @@ class HttpConnection(asyncio.Protocol):
         self._set_answer(_ANSWER_IDLE)
         if transport is None or transport.is_closing():
             return
-        keep_alive = not (close or response.close) and self._lifecycle is _OPEN and self._phase is not _FAILED
+        keep_alive = not (close or response.close) and self._lifecycle is _OPEN
+        if keep_alive and self._phase is _FAILED:
+            # Parsing stopped: the reply right before a silent close (an Upgrade) says so.
+            ready = self._flow.ready
+            keep_alive = not (ready and type(ready[0]) is CloseEntry)
         if req is not None and not req.keep_alive:
             keep_alive = False
         headers = response.headers
@@ -536,7 +539,7 @@ class HttpConnection(asyncio.Protocol):
             transport.write(LAST_CHUNK)
         self._served += 1
         self._deadlines.restart(self._phase, self._cycle)
-        if req is None or not req.keep_alive or self._lifecycle is _DRAINING or self._phase is _FAILED:
+        if req is None or not req.keep_alive or self._lifecycle is _DRAINING:
             self._close()
             return
         self._schedule_resume()

@@ -121,6 +121,16 @@ def test_nothing_is_answered_after_connection_close(server: ProbeServer) -> None
     assert [r.header("x-query") for r in replies] == ["first"]
 
 
+def test_requests_before_a_malformed_one_are_all_answered_then_the_error(server: ProbeServer) -> None:
+    """Pipelined good requests, then garbage: each good one is answered in order (keep-alive),
+    then the 400, which alone closes the connection."""
+    data = get("/slow?ms=50&id=a") + get("/echo?b") + get("/echo?c") + b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n"
+    replies = exchange_until_close(server.port, data)
+    assert [r.status for r in replies] == [200, 200, 200, 400]
+    assert [r.header("x-query") for r in replies[:3]] == ["ms=50&id=a", "b", "c"]
+    assert [r.closes for r in replies] == [False, False, False, True]
+
+
 @pytest.mark.parametrize(
     "upgrade",
     [
