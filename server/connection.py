@@ -399,8 +399,8 @@ class HttpConnection(asyncio.Protocol):
             return
         flow = self._flow
         if self._answer is _ANSWER_IDLE and not flow.ready:
-            if self._lifecycle is _DRAINING:
-                self._close()
+            if self._lifecycle is _DRAINING and self._cycle.request is None:
+                self._close()  # nothing owed, nothing half-received: the stop can close it
                 return
             if self._cycle.expect_continue:
                 self._send_continue_if_turn()
