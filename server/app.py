@@ -50,8 +50,8 @@ class Server:
         log.info("HTTP API on %s:%d with %d loop threads; tensors on %s", self.config.http_address, self.api.port,
                  self.api.thread_count, backend_name())
         if self.api.thread_count < self.config.threads:
-            log.info("Python runs with the GIL here: %d loop threads of the %d asked for, one per usable core "
-                     "(--cap-threads-to-cores=false runs them all)", self.api.thread_count, self.config.threads)
+            log.info("%d loop threads of the %d asked for, one per usable core: more would only queue for a "
+                     "core (--cap-threads-to-cores=false runs them all)", self.api.thread_count, self.config.threads)
         if self.metrics is not None:
             log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="address to bind (default 0.0.0.0; IPv6 as ::1 or Triton's ipv6:[::1])")
     _bool_flag(http, "--reuse-http-port", False, "set SO_REUSEPORT so several servers can share the port")
     _bool_flag(http, "--cap-threads-to-cores", True,
-               "with the GIL, run at most one loop thread per usable core (default true; no effect without the GIL)")
+               "run at most one loop thread per usable core (default true)")
     _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
           help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")

@@ -80,7 +80,7 @@ class Config:
     http_port: int = 8000
     # Triton's --http-thread-count default.
     threads: int = 8
-    # With the GIL, run at most one loop thread per usable core (server/runtime.py says why).
+    # Run at most one loop thread per usable core (server/runtime.py says why).
     cap_threads_to_cores: bool = True
     reuse_port: bool = False
     allow_http: bool = True

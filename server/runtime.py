@@ -1,13 +1,14 @@
 """What the interpreter and the machine allow: the GIL, usable cores, and the loop-thread count.
 
-Why the loop-thread count depends on the GIL. On a free-threaded CPython (3.14t with the GIL
-off) the N loop threads run Python in parallel, as libevhtp's threads run C, so N is served
-as asked. With the GIL, only one thread runs Python at a time whatever N is; loop threads
-beyond the usable cores cannot add throughput and only queue for the GIL and the CPU. Measured
-on one core with ``--threads 8``: the same instructions per request as one thread, but each
-loop thread spent about half its time runnable and waiting, a p99 of 29 ms against 1.4 ms,
-and 0.8x the throughput (bench/README.md). So on a GIL build evserve runs at most one loop
-thread per usable core, and says so at start; ``--cap-threads-to-cores=false`` runs all N.
+Why the loop-thread count depends on the cores. Loop threads beyond the usable cores cannot add
+throughput: they only queue, with the GIL for the GIL, without it (a free-threaded 3.14t) for a
+core, and every connection they own waits with them. Measured on one core with the GIL and
+``--threads 8``: the same instructions per request as one thread, but each loop thread spent
+about half its time runnable and waiting, a p99 of 29 ms against 1.4 ms, and 0.8x the
+throughput. Measured on two cores on 3.14t: ``--threads 8`` had a p99 of 98 ms against 1.9 ms
+with one thread and 4.7 ms with two (bench/README.md). So evserve runs at most one loop thread
+per usable core, and says so at start; ``--cap-threads-to-cores=false`` runs all N. On a
+machine with the cores (evhtp's setting), N is served as asked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def usable_cores() -> int:
 
 def loop_thread_count(requested: int, *, cap_to_cores: bool) -> int:
     """How many loop threads to run for ``--threads requested`` (see the module docstring)."""
-    if not cap_to_cores or not gil_enabled():
+    if not cap_to_cores:
         return requested
     return max(1, min(requested, usable_cores()))
 

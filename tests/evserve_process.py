@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import http.client
 import os
 import shutil
@@ -22,13 +21,6 @@ from pathlib import Path
 SERVER_PYTHON = os.environ.get("EVSERVE_SERVER_PYTHON") or sys.executable
 SERVER_COMMAND = [SERVER_PYTHON, "-m", "evserve.server"]
 
-
-@functools.cache
-def server_has_gil() -> bool:
-    """Whether the server's interpreter runs with the GIL (it decides how many loop threads run)."""
-    probe = "import sys; print(getattr(sys, '_is_gil_enabled', lambda: True)())"
-    answer = subprocess.run([SERVER_PYTHON, "-c", probe], capture_output=True, text=True, check=True).stdout
-    return answer.strip() == "True"
 
 
 def free_port() -> int:

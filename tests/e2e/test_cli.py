@@ -33,7 +33,7 @@ from tests.e2e.conftest import (
     wait_for,
     write_identity,
 )
-from tests.evserve_process import SERVER_COMMAND, EvserveProcess, free_port, server_has_gil
+from tests.evserve_process import SERVER_COMMAND, EvserveProcess, free_port
 from tests.wire import Client, get
 
 SERVER = SERVER_COMMAND
@@ -214,9 +214,8 @@ def test_port_zero_picks_a_free_port(started: list[Started], tmp_path: Path) -> 
     metrics = free_port()
     proc = start(started, tmp_path, "--threads", "8", "--http-address", "127.0.0.1", "--http-port", "0",
                  "--metrics-port", str(metrics))
-    # With the GIL the server runs one loop thread per usable core at most (server/runtime.py);
-    # a free-threaded server (EVSERVE_SERVER_PYTHON) runs all eight.
-    threads = min(8, usable_cores()) if server_has_gil() else 8
+    # The server runs one loop thread per usable core at most (server/runtime.py).
+    threads = min(8, usable_cores())
     found: list[int] = []
 
     def announced() -> bool:
