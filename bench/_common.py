@@ -109,6 +109,9 @@ def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wrk-cores", default="1", help="taskset cores for wrk and this runner (default 1)")
     parser.add_argument("--ready-timeout", type=float, default=60.0,
                         help="seconds to wait for a server to answer (default 60)")
+    parser.add_argument("--share-cores", action="store_true",
+                        help="let server and load cores overlap (a machine too small to give a multi-threaded "
+                             "server cores of its own; figures then include the load generator's contention)")
 
 
 def check_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -118,7 +121,7 @@ def check_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         args.wrk_cores = parse_cores(args.wrk_cores)
     except ValueError as exc:
         parser.error(str(exc))
-    if set(args.server_cores) & set(args.wrk_cores):
+    if set(args.server_cores) & set(args.wrk_cores) and not args.share_cores:
         parser.error("--server-cores and --wrk-cores overlap: the load generator would steal the server's core")
 
 
@@ -143,14 +146,16 @@ def evserve_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "evserve.server"]
 
 
-def evserve_argv(port: int, threads: int, repository: Path | None = None) -> list[str]:
+def evserve_argv(port: int, threads: int, repository: Path | None = None, python: str | None = None) -> list[str]:
     """evserve on ``port`` with ``threads`` loop threads; metrics off, on a port of their own so none clash.
 
     ``repository`` replaces the bundled example repository (compare.py serves Triton and evserve
-    the same two-model repository, so both load the same models).
+    the same two-model repository, so both load the same models). ``python`` runs evserve on
+    another interpreter with evserve installed (a free-threaded build, say).
     """
     extra = ["--model-repository", str(repository)] if repository is not None else []
-    return [*evserve_command(), "--threads", str(threads), "--http-port", str(port),
+    command = [python, "-m", "evserve.server"] if python else evserve_command()
+    return [*command, "--threads", str(threads), "--http-port", str(port),
             "--metrics-port", str(free_port()), "--allow-metrics=false", *extra]
 
 

@@ -121,18 +121,40 @@ def anchor_ratios(medians: dict[str, dict[str, Figures | None]], servers: Sequen
 
 
 def thread_ratios(medians: dict[str, dict[str, Figures | None]], servers: Sequence[Any]) -> list[str]:
-    """Each further evserve thread count against the first: what the extra loop threads cost on these cores."""
+    """Each further evserve thread count against the first, per interpreter build: what the extra
+    loop threads cost (GIL) or gain (free-threaded) on these cores."""
+    lines: list[str] = []
+    for build in dict.fromkeys(s.build for s in servers if s.role == "evserve"):
+        evservers = [s for s in servers if s.role == "evserve" and s.build == build]
+        if len(evservers) < 2:
+            continue
+        base = evservers[0]
+        lines += [f"## evserve{' ' + build if build else ''} thread counts ÷ --threads {base.threads}", "",
+                  "| workload | threads | req/s | CPU/req | wrk p99 | raw p99 |", "|---|---:|---:|---:|---:|---:|"]
+        for label, row in medians.items():
+            for server in evservers[1:]:
+                m, b = row.get(server.name), row.get(base.name)
+                lines.append(f"| {label} | {server.threads} ÷ {base.threads} | {ratio(m, b, 'rps')} "
+                             f"| {ratio(m, b, 'cpu')} | {ratio(m, b, 'wrk_p99')} | {ratio(m, b, 'raw_p99')} |")
+        lines.append("")
+    return lines
+
+
+def build_ratios(medians: dict[str, dict[str, Figures | None]], servers: Sequence[Any]) -> list[str]:
+    """Each other interpreter build against the runner's own, at the same thread count."""
     evservers = [s for s in servers if s.role == "evserve"]
-    if len(evservers) < 2:
+    base = {s.threads: s for s in evservers if not s.build}
+    others = [s for s in evservers if s.build and s.threads in base]
+    if not others:
         return []
-    base = evservers[0]
-    lines = [f"## evserve thread counts ÷ --threads {base.threads}", "",
-             "| workload | threads | req/s | CPU/req | wrk p99 | raw p99 |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["## evserve builds ÷ the standard build, same --threads", "",
+             "| workload | build | threads | req/s | CPU/req | wrk p99 | raw p99 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for label, row in medians.items():
-        for server in evservers[1:]:
-            m, b = row.get(server.name), row.get(base.name)
-            lines.append(f"| {label} | {server.threads} ÷ {base.threads} | {ratio(m, b, 'rps')} "
-                         f"| {ratio(m, b, 'cpu')} | {ratio(m, b, 'wrk_p99')} | {ratio(m, b, 'raw_p99')} |")
+        for server in others:
+            m, b = row.get(server.name), row.get(base[server.threads].name)
+            lines.append(f"| {label} | {server.build} | {server.threads} | {ratio(m, b, 'rps')} | {ratio(m, b, 'cpu')} "
+                         f"| {ratio(m, b, 'wrk_p99')} | {ratio(m, b, 'raw_p99')} |")
     return lines
 
 
@@ -145,10 +167,11 @@ def report(samples: dict[str, list[Sample]], servers: Sequence[Any], args: argpa
             medians[label][config] = reduce(cell, config)
     shown = [s for s in servers if any(s.name in row for row in medians.values())]
     lines = [f"{args.rounds} interleaved rounds × wrk {args.duration:g} s (+ {args.warmup:g} s warm-up) and "
-             f"loadgen {args.loadgen_duration:g} s; server cores {args.server_cores}, load cores {args.wrk_cores}.",
+             f"loadgen {args.loadgen_duration:g} s; server cores {args.server_cores}, load cores {args.wrk_cores}"
+             f"{' (shared on purpose: --share-cores)' if getattr(args, 'share_cores', False) else ''}.",
              f"Triton: {triton_note}.", "", *matrix(medians, shown), ""]
     for label, cell in samples.items():
         lines += [*detail(label, cell, medians[label]), ""]
-    lines += [*anchor_ratios(medians, shown), "", *thread_ratios(medians, shown)]
+    lines += [*anchor_ratios(medians, shown), "", *thread_ratios(medians, shown), *build_ratios(medians, shown)]
     complete = all(m is not None for row in medians.values() for m in row.values())
     return "\n".join(lines).rstrip(), complete

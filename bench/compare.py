@@ -23,6 +23,9 @@ Tables report medians.
     python bench/compare.py                                   # 3 rounds x 5 s, c=16 (~15 min)
     python bench/compare.py --workload ready --connections 16,64
     python bench/compare.py --no-triton --rounds 5
+    # the standard build beside a free-threaded one (.ci/python-ft builds it), threads 1/2/8:
+    python bench/compare.py --no-triton --workload ready --workload simple-json --threads 1,2,8 \
+        --python 3.14t=/path/to/ft-venv/bin/python --server-cores 0,1 --wrk-cores 1 --share-cores
 
 Tables go to stdout, raw samples to bench/results/<UTC>-compare.json. Exit status: 0 when every
 cell has a figure (a Triton column skipped because Triton cannot run counts as fine; it says so),
@@ -102,6 +105,7 @@ class Server:
     ready_path: str
     workloads: frozenset[str]
     threads: int = 0
+    build: str = ""  # the interpreter evserve runs on, by label ("" for the runner's own)
 
 
 # --- workloads -----------------------------------------------------------------------------------
@@ -255,9 +259,13 @@ def build_servers(args: argparse.Namespace, repo: Path, triton: Path | None) -> 
     if triton is not None:
         servers.append(Server("Triton 2.51", "triton", lambda port: triton_argv(triton, repo, port),
                               READY_PATH, everything))
-    for threads in args.threads:
-        servers.append(Server(f"evserve --threads {threads}", "evserve",
-                              lambda port, n=threads: evserve_argv(port, n, repo), READY_PATH, everything, threads))
+    for build, build_python in args.python:
+        prefix = f"evserve {build}" if build else "evserve"
+        for threads in args.threads:
+            servers.append(Server(
+                f"{prefix} --threads {threads}", "evserve",
+                lambda port, n=threads, py=build_python: evserve_argv(port, n, repo, py),
+                READY_PATH, everything, threads, build))
     return servers
 
 
@@ -364,12 +372,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensor-mib", type=float, default=1.0, help="identity tensor size in MiB (default 1)")
     parser.add_argument("--triton", default=None, help="path of triton-reference (default: ../shared/tools/)")
     parser.add_argument("--no-triton", action="store_const", const="none", dest="triton", help="leave Triton out")
+    parser.add_argument("--python", action="append", default=[], metavar="LABEL=PATH",
+                        help="repeatable: also run evserve on this interpreter (evserve installed there), labelled "
+                             "LABEL; the runner's own interpreter is always measured first")
     add_placement_arguments(parser)
     args = parser.parse_args(argv)
     args.workload = args.workload or list(WORKLOADS)
     args.connections = [int(n) for n in args.connections.split(",") if n.strip()]
     args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
     args.loadgen_duration = args.loadgen_duration or args.duration
+    builds = [("", None)]
+    for spec in args.python:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not Path(path).exists():
+            parser.error(f"--python {spec!r}: expected LABEL=PATH to an existing interpreter")
+        builds.append((label, path))
+    args.python = builds
     check_placement(parser, args)
     return args
 
