@@ -22,7 +22,8 @@ from evserve.gpu.execution import device
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.execution.worker import InstanceWorker
-from evserve.gpu.options import ModelManagerOptions
+from evserve.gpu.options import ISOLATIONS, ModelManagerOptions
+from evserve.gpu.process.instance import ChildSpec, ProcessInstance
 from evserve.gpu.python_backend.model import PythonModel, PythonModelError
 from evserve.gpu.python_backend.pb_utils import TritonModelException
 from evserve.gpu.repository.config_complete import PYTHON_BACKEND, complete_config
@@ -56,6 +57,7 @@ class ModelLoader:
         self.model_config_name = options.model_config_name
         self.disable_auto_complete = options.disable_auto_complete
         self.queue_capacity = options.queue_capacity
+        self.isolation = options.isolation
 
     def build(self, name: str, model_dir: str, override: dict | None,
               on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:
@@ -115,8 +117,13 @@ class ModelLoader:
             capacity = min(capacity, batching.max_queue_size)
         workers: list[InstanceWorker] = []
         try:
+            isolated = process_settings(config, self.isolation)
             for kind, device_id, instance_name in placements(config):
-                instance = module.create_instance(config, number, kind, device_id, model_dir, instance_name)
+                if isolated is None:
+                    instance = module.create_instance(config, number, kind, device_id, model_dir, instance_name)
+                else:
+                    instance = ProcessInstance(ChildSpec(
+                        name, number, config.raw, model_dir, kind, device_id, instance_name, *isolated))
                 workers.append(InstanceWorker(
                     name, instance, capacity, batching, kind, device_id,
                     max_batch_size=config.max_batch_size, stats=stats,
@@ -142,6 +149,38 @@ def placements(config: ModelConfig) -> list[tuple[str, int, str]]:
             devices = [(device.KIND_CPU, 0)] * group.count
         result += [(kind, device_id, f"{group.name}_{i}") for i, (kind, device_id) in enumerate(devices)]
     return result
+
+
+# Model config parameters of process isolation (Triton's python backend names its own, e.g.
+# EXECUTION_ENV_PATH, the same way).
+ISOLATION_PARAMETER = "EVSERVE_MODEL_ISOLATION"
+ARENA_PARAMETER = "EVSERVE_ARENA_BYTES"
+TIMEOUT_PARAMETER = "EVSERVE_EXECUTE_TIMEOUT_SECS"
+DEFAULT_ARENA_BYTES = 64 << 20
+
+
+def process_settings(config: ModelConfig, default: str) -> tuple[int, float | None] | None:
+    """(arena bytes, execute timeout) when the model's instances run in child processes, else None.
+
+    A bad value fails the load with the parameter's name (a model mistake, not a server one).
+    """
+    parameters = config.parameters
+    isolation = parameters.get(ISOLATION_PARAMETER) or default
+    if isolation not in ISOLATIONS:
+        raise ModelConfigError(f"parameter {ISOLATION_PARAMETER} of model '{config.name}' must be thread or "
+                               f"process, not '{isolation}'")
+    if isolation == "thread":
+        return None
+    try:
+        arena = int(parameters.get(ARENA_PARAMETER) or DEFAULT_ARENA_BYTES)
+        timeout_text = parameters.get(TIMEOUT_PARAMETER)
+        timeout = float(timeout_text) if timeout_text else None
+    except ValueError as exc:
+        raise ModelConfigError(f"model '{config.name}': bad process-isolation parameter: {exc}") from None
+    if arena < 4096 or (timeout is not None and timeout <= 0):
+        raise ModelConfigError(f"model '{config.name}': {ARENA_PARAMETER} must be at least 4096 and "
+                               f"{TIMEOUT_PARAMETER} positive")
+    return arena, timeout
 
 
 def _warn_unenforced(name: str, batching: DynamicBatching) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("none", "poll", "explicit")
+ISOLATIONS = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,9 @@ class ModelManagerOptions:
     disable_auto_complete: bool = False
     queue_capacity: int = 1024
     unload_timeout: float = 30.0
+    # Where python-backend instances run by default: "thread" (in the server) or "process" (a
+    # child each); a model's EVSERVE_MODEL_ISOLATION parameter overrides it.
+    isolation: str = "thread"
 
     def __post_init__(self) -> None:
         # A list given for the model names is kept as a tuple, so the options stay immutable.
@@ -46,6 +50,8 @@ class ModelManagerOptions:
             raise ValueError("--load-model=* must be the only --load-model")
         if self.load_thread_count < 1:
             raise ValueError("--model-load-thread-count must be at least 1")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"invalid --model-isolation '{self.isolation}': expected thread or process")
         if self.queue_capacity < 1:
             raise ValueError("--max-queue-size must be at least 1")
         if self.control_mode == "poll" and self.poll_secs <= 0:

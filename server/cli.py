@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(models, "--repository-poll-secs", type=float, default=15.0, help="poll interval in poll mode")
     _flag(models, "--model-load-thread-count", type=int, default=4,
           help="concurrent load/unload operations; one more gets 503 (default 4)")
+    _flag(models, "--model-isolation", choices=("thread", "process"), default="thread",
+          help="run python-backend instances in the server (thread) or a child process each (process); "
+               "a model's EVSERVE_MODEL_ISOLATION parameter overrides it (default thread)")
     _flag(models, "--model-config-name", default=None, help="use configs/<name>.pbtxt instead of config.pbtxt")
     _bool_flag(models, "--strict-readiness", True, "ready only when every model is ready (default true)")
     _bool_flag(models, "--exit-on-error", True, "exit when a startup model fails to load (default true)")
@@ -155,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         model_config_name=args.model_config_name,
         disable_auto_complete=args.disable_auto_complete_config or args.strict_model_config,
         queue_capacity=args.max_queue_size,
+        isolation=args.model_isolation,
     )
     return Config(
         http_address=args.http_address,

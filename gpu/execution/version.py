@@ -132,6 +132,10 @@ class ModelVersion:
         for worker in self.workers:
             if worker.alive:
                 errors.append(f"instance of '{self.name}' version {self.version} still executing; not finalized")
+                # A process instance can be abandoned safely: its process is killed, nothing leaks.
+                kill = getattr(worker.instance, "kill", None)
+                if kill is not None:
+                    kill()
                 continue
             try:
                 worker.instance.finalize()

@@ -1,0 +1,171 @@
+"""The child side of a process instance: ``python -m evserve.gpu.process.child SOCKET_FD ARENA_FD ARENA_BYTES``.
+
+It imports the model with the same python-backend adapter the server uses in-process
+(:class:`~evserve.gpu.python_backend.model.PythonModel`), so a model behaves the same in either
+isolation. The main thread executes batches in order; a reader thread takes frames from the
+server, so a cancellation arrives while ``execute`` runs. Responses sent while their batch is
+open go through the arena; a response sent later (a decoupled model answering from its own
+thread) goes inline, because the server may already have handed the arena to the next batch.
+The child exits the moment the server's end of the socket closes, whatever its main thread is
+doing (a model spinning in ``execute`` included): the kernel closes that socket when the server
+dies in any way, so a child is never orphaned. (``PR_SET_PDEATHSIG`` would not do: it fires when
+the *thread* that spawned the child exits, and load threads come and go.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.process.arena import Arena, Bump
+from evserve.gpu.process.frames import FrameReader, FrameWriter
+from evserve.gpu.process.tensors import pack_result, unpack
+from evserve.gpu.python_backend.model import PythonModel
+from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
+
+_log = logging.getLogger("evserve.child")
+
+
+class _Config:
+    """What the adapter reads of a model config, rebuilt from the server's copy."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.name = raw["name"]
+        self.decoupled = bool(raw.get("model_transaction_policy", {}).get("decoupled", False))
+        self.max_batch_size = int(raw.get("max_batch_size", 0))
+
+
+class Child:
+    def __init__(self, sock: socket.socket, arena: Arena) -> None:
+        self.writer = FrameWriter(sock)
+        self.reader = FrameReader(sock)
+        self.arena = arena
+        self.instance: Any = None
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.cancelled: set[int] = set()
+        # The arena belongs to the open batch; a response outside it goes inline.
+        self._arena_lock = threading.Lock()
+        self._bump: Bump | None = None
+
+    # -- the server's frames ------------------------------------------------------------------
+
+    def read_frames(self) -> None:
+        """Reader thread: cancellations at once, everything else to the main thread in order."""
+        while True:
+            message = self.reader.read()
+            if message is None:
+                os._exit(0)  # the server is gone or gave up on us: nothing is left to answer
+            if message["op"] == "cancel":
+                self.cancelled.add(message["rid"])
+            else:
+                self.inbox.put(message)
+
+    def serve(self) -> int:
+        threading.Thread(target=self.read_frames, name="evserve-child-reader", daemon=True).start()
+        while True:
+            message = self.inbox.get()
+            op = message["op"]
+            if op == "init":
+                self.init(message)
+            elif op == "execute":
+                self.execute(message)
+            elif op == "is_ready":
+                self.is_ready(message)
+            elif op == "finalize":
+                self.finalize()
+                return 0
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def init(self, message: dict[str, Any]) -> None:
+        try:
+            if message["kind"] == "GPU":
+                import cupy
+
+                cupy.cuda.Device(message["device_id"]).use()
+            model = PythonModel.import_version(message["model_dir"], message["name"], message["version"])
+            self.instance = model.create_instance(
+                _Config(message["config"]), message["version"], message["kind"], message["device_id"],
+                message["repository_dir"], message["instance_name"],
+            )
+        except BaseException as exc:
+            detail = str(exc) if type(exc).__name__ in ("PythonModelError", "TritonModelException") \
+                else f"{type(exc).__name__}: {exc}"
+            self.writer.send({"op": "init_error", "message": detail, "traceback": traceback.format_exc()})
+            return
+        self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check, "pid": os.getpid()})
+
+    def execute(self, message: dict[str, Any]) -> None:
+        jobs = [self._job(request) for request in message["requests"]]
+        with self._arena_lock:
+            self._bump = Bump(self.arena, message["inputs_end"])
+        try:
+            self.instance.execute(jobs)
+        finally:
+            with self._arena_lock:
+                self._bump = None
+                self.writer.send({"op": "done", "batch": message["batch"]})
+
+    def _job(self, header: dict[str, Any]) -> ExecRequest:
+        rid = header["rid"]
+        inputs = [InputTensor(t["name"], t["datatype"], tuple(t["shape"]), unpack(t, self.arena, copy=False))
+                  for t in header["inputs"]]
+        outputs = header["outputs"]
+        request = InferRequest(
+            header["model_name"], header["model_version"], header["id"], header["parameters"] or {}, inputs,
+            [RequestedOutput(name) for name in outputs] if outputs is not None else None,
+        )
+        if header["stream"]:
+            return ExecRequest(request, _unused, lambda: rid in self.cancelled,
+                               lambda result, final: self._send(rid, result, final))
+        return ExecRequest(request, lambda result: self._send(rid, result, True), lambda: rid in self.cancelled)
+
+    def _send(self, rid: int, result: Any, final: bool) -> None:
+        with self._arena_lock:
+            header = pack_result(result, self._bump)
+            self.writer.send({"op": "response", "rid": rid, "final": final, "result": header})
+        if final:
+            self.cancelled.discard(rid)
+
+    def is_ready(self, message: dict[str, Any]) -> None:
+        try:
+            answer: dict[str, Any] = {"value": bool(self.instance.is_ready())}
+        except BaseException as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        self.writer.send({"op": "ready_answer", "seq": message["seq"], **answer})
+
+    def finalize(self) -> None:
+        error = None
+        try:
+            self.instance.finalize()
+        except BaseException as exc:
+            error = str(exc) if type(exc).__name__ == "TritonModelException" else f"{type(exc).__name__}: {exc}"
+        self.writer.send({"op": "finalized", "error": error})
+
+
+def _unused(result: Any) -> None:
+    raise AssertionError("a streamed job completes through its stream callback")
+
+
+def main(argv: list[str]) -> int:
+    sock_fd, arena_fd, arena_bytes = (int(value) for value in argv[:3])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    sock = socket.socket(fileno=sock_fd)
+    child = Child(sock, Arena(arena_bytes, arena_fd))
+    try:
+        return child.serve()
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

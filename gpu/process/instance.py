@@ -1,0 +1,378 @@
+"""ProcessInstance: the server's proxy for a model instance that runs in a child process.
+
+It stands behind the same ``ModelInstance`` contract as an in-process instance, so the worker
+thread that owns it, the loop threads and ``server/`` do not change. The worker calls
+:meth:`execute`: the batch's inputs are written into the instance's arena, a header frame goes
+to the child, and the worker waits until the child says the batch is done (the next batch may
+then reuse the arena). A reader thread takes the child's frames and finishes each job as its
+response arrives, on that thread (the job's completion defers the reply to its loop thread).
+
+Crash safety. A child that dies (exit, signal, segfault, out of memory) closes its socket; the
+reader sees the EOF at once, fails every in-flight request with a 500 naming the model and how
+the child died, and the next batch starts a fresh child after a back-off. After
+``MAX_CRASHES`` crashes within ``CRASH_WINDOW`` seconds the instance gives up and answers 503
+with the reason until the model is reloaded. A batch that runs past the execute timeout gets
+its child killed and is treated the same. Unload, reload and server stop finalize the child
+and wait for it to exit (killing it past a bound), so no child outlives its model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.process.arena import Arena, ArenaFull, Bump
+from evserve.gpu.process.frames import FrameReader, FrameWriter
+from evserve.gpu.process.tensors import pack, unpack_result
+from evserve.gpu.python_backend.importer import PythonModelError
+from evserve.protocol.errors import ProtocolError, Unavailable
+
+_log = logging.getLogger(__name__)
+
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+FINALIZE_TIMEOUT = 30.0
+READY_TIMEOUT = 5.0
+_CANCEL_POLL = 0.1
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs to import and initialise one instance."""
+
+    model_name: str
+    version: int
+    config: dict[str, Any]
+    model_dir: str
+    kind: str
+    device_id: int
+    instance_name: str
+    arena_bytes: int
+    execute_timeout: float | None  # seconds; None waits for ever
+    python: str = sys.executable
+
+
+def describe_exit(code: int | None) -> str:
+    """How a child ended, in words: 'exited with status 3', 'was killed by signal 11 (SIGSEGV)'."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with status {code}"
+
+
+class _Child:
+    """One running child: its process, socket, arena and reader thread."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.arena = Arena(spec.arena_bytes)
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [spec.python, "-m", "evserve.gpu.process.child",
+                 str(child_sock.fileno()), str(self.arena.fd), str(spec.arena_bytes)],
+                pass_fds=(child_sock.fileno(), self.arena.fd),
+            )
+        except BaseException:
+            parent_sock.close()
+            self.arena.close()
+            raise
+        finally:
+            child_sock.close()
+        self.sock = parent_sock
+        self.writer = FrameWriter(parent_sock)
+        self.reader = FrameReader(parent_sock)
+        self.has_is_ready = False
+        self.timed_out = False  # killed by the execute timeout, not crashed on its own
+
+    def initialize(self, spec: ChildSpec) -> None:
+        """Import the model and run ``initialize`` in the child; raises PythonModelError on failure."""
+        self.writer.send({
+            "op": "init", "model_dir": spec.model_dir, "name": spec.model_name, "version": spec.version,
+            "config": spec.config, "kind": spec.kind, "device_id": spec.device_id,
+            "instance_name": spec.instance_name, "repository_dir": spec.model_dir,
+        })
+        answer = self.reader.read()
+        if answer is None:
+            raise PythonModelError(f"the process of instance '{spec.instance_name}' {describe_exit(self.end())} "
+                                   "while loading the model")
+        if answer["op"] == "init_error":
+            self.end()
+            raise PythonModelError(answer["message"])
+        self.has_is_ready = bool(answer["has_is_ready"])
+
+    def end(self, timeout: float = 5.0) -> int | None:
+        """Wait for the process to exit (killing it past ``timeout``); return its exit code."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.sock.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class ProcessInstance:
+    """A model instance in a child process (see the module docstring)."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.name = spec.instance_name
+        self._lock = threading.Lock()
+        self._jobs: dict[int, ExecRequest] = {}
+        self._ids = itertools.count(1)
+        self._batch_done = threading.Event()
+        self._ready_answers: dict[int, concurrent.futures.Future[bool]] = {}
+        self._finalized: concurrent.futures.Future[str | None] | None = None
+        self._crashes: list[float] = []
+        self._gave_up: str | None = None
+        self._closing = False
+        self.restarts = 0
+        self._child: _Child | None = None
+        self._start_child()
+
+    # -- child lifecycle --------------------------------------------------------------------------
+
+    def _start_child(self) -> None:
+        child = _Child(self.spec)
+        child.initialize(self.spec)  # raises: the load (or restart) fails with the model's reason
+        self._child = child
+        threading.Thread(target=self._read, args=(child,), name=f"evserve-{self.name}-reader", daemon=True).start()
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.proc.pid if child is not None else None
+
+    def _ensure_child(self) -> _Child | ProtocolError:
+        """The running child, restarted after a crash (with back-off), or the error to answer."""
+        child = self._child
+        if child is not None:
+            return child
+        if self._closing:
+            return Unavailable(f"model instance '{self.name}' is unloading")
+        if self._gave_up is not None:
+            return Unavailable(self._gave_up)
+        now = time.monotonic()
+        recent = [t for t in self._crashes if now - t < CRASH_WINDOW]
+        if len(recent) >= MAX_CRASHES:
+            self._gave_up = (f"model instance '{self.name}' crashed {len(recent)} times in {CRASH_WINDOW:.0f} s; "
+                             "it stays unavailable until the model is loaded again")
+            _log.error("%s", self._gave_up)
+            return Unavailable(self._gave_up)
+        delay = min(0.25 * 2 ** (len(recent) - 1), 5.0) - (now - recent[-1]) if recent else 0.0
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            self._start_child()
+        except Exception as exc:
+            self._crashes.append(time.monotonic())
+            return ProtocolError(f"model instance '{self.name}' could not be restarted: {exc}", 500)
+        self.restarts += 1
+        _log.warning("model instance '%s' restarted (restart %d)", self.name, self.restarts)
+        return self._child  # type: ignore[return-value]
+
+    # -- execute ------------------------------------------------------------------------------
+
+    def execute(self, batch: list[ExecRequest]) -> None:
+        """Send ``batch`` to the child and wait until it is done (the worker thread only)."""
+        child = self._ensure_child()
+        if isinstance(child, ProtocolError):
+            for job in batch:
+                job.finish(child)
+            return
+        bump = Bump(child.arena)
+        headers = []
+        sent: list[tuple[int, ExecRequest]] = []
+        for job in batch:
+            if job.done:
+                continue
+            try:
+                inputs = [pack(t.name, t.datatype, tuple(t.shape), t.data, bump, spill=False)
+                          for t in job.request.inputs]
+            except ArenaFull as exc:
+                job.finish(ProtocolError(
+                    f"request too large for the shared memory of model instance '{self.name}': {exc} "
+                    "(raise the model's EVSERVE_ARENA_BYTES parameter)", 413))
+                continue
+            rid = next(self._ids)
+            request = job.request
+            outputs = request.outputs
+            headers.append({
+                "rid": rid, "model_name": request.model_name, "model_version": request.model_version,
+                "id": request.id, "parameters": request.parameters, "inputs": inputs,
+                "outputs": [o.name for o in outputs] if outputs is not None else None,
+                "stream": job.stream is not None,
+            })
+            sent.append((rid, job))
+        if not sent:
+            return
+        batch_id = sent[0][0]
+        with self._lock:
+            self._jobs.update(sent)
+            self._batch_done.clear()
+        try:
+            child.writer.send({"op": "execute", "batch": batch_id, "inputs_end": bump.top, "requests": headers})
+        except OSError:
+            pass  # the child is gone: its reader fails these jobs
+        self._wait_done(child, sent)
+
+    def _wait_done(self, child: _Child, sent: list[tuple[int, ExecRequest]]) -> None:
+        """Wait for the child's "done", forwarding cancellations; kill it past the execute timeout."""
+        timeout = self.spec.execute_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told: set[int] = set()
+        while not self._batch_done.wait(_CANCEL_POLL):
+            for rid, job in sent:
+                if rid not in told and not job.done and job.cancelled():
+                    told.add(rid)
+                    try:
+                        child.writer.send({"op": "cancel", "rid": rid})
+                    except OSError:
+                        pass
+            if deadline is not None and time.monotonic() > deadline:
+                _log.error("model instance '%s' ran past its execute timeout of %.1f s; killing its process",
+                           self.name, timeout)
+                child.timed_out = True
+                child.kill()
+                self._batch_done.wait()
+                return
+
+    # -- the child's frames (reader thread) ----------------------------------------------------------
+
+    def _read(self, child: _Child) -> None:
+        try:
+            while True:
+                message = child.reader.read()
+                if message is None:
+                    break
+                self._handle(child, message)
+        except Exception:
+            _log.exception("model instance '%s': bad frame from its process", self.name)
+            child.kill()
+        self._child_ended(child)
+
+    def _handle(self, child: _Child, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "response":
+            rid = message["rid"]
+            with self._lock:
+                job = self._jobs.get(rid)
+                if job is not None and message["final"]:
+                    del self._jobs[rid]
+            if job is not None:
+                result = unpack_result(message["result"], child.arena)
+                if message["final"]:
+                    job.finish(result)
+                elif result is not None:
+                    job.send(result)  # type: ignore[arg-type]
+        elif op == "done":
+            self._batch_done.set()
+        elif op == "ready_answer":
+            future = self._ready_answers.pop(message["seq"], None)
+            if future is not None:
+                if "error" in message:
+                    future.set_exception(RuntimeError(message["error"]))
+                else:
+                    future.set_result(bool(message["value"]))
+        elif op == "finalized" and self._finalized is not None:
+            self._finalized.set_result(message["error"])
+
+    def _child_ended(self, child: _Child) -> None:
+        """The child's socket closed: fail what it held; a crash unless we were finalizing it."""
+        code = child.end()
+        finalizing = self._finalized is not None
+        with self._lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            if self._child is child:
+                self._child = None
+        if child.timed_out:
+            how = f"ran past its execute timeout of {self.spec.execute_timeout:g} s and was killed"
+        else:
+            how = describe_exit(code)
+        if not finalizing:
+            self._crashes.append(time.monotonic())
+            _log.error("model instance '%s' (pid %d) %s; %d request(s) in flight failed",
+                       self.name, child.proc.pid, how, len(jobs))
+        error = ProtocolError(f"model '{self.spec.model_name}' instance '{self.name}' process {how}", 500)
+        for job in jobs:
+            job.finish(error)
+        for future in list(self._ready_answers.values()):
+            if not future.done():
+                future.set_exception(RuntimeError(f"process {how}"))
+        self._ready_answers.clear()
+        if self._finalized is not None and not self._finalized.done():
+            self._finalized.set_result(None if code == 0 else f"process {how} during finalize")
+        self._batch_done.set()
+        child.arena.close()
+
+    # -- readiness and lifecycle ------------------------------------------------------------------
+
+    @property
+    def has_readiness_check(self) -> bool:
+        child = self._child
+        return child is not None and child.has_is_ready
+
+    def check_ready(self, timeout: float = READY_TIMEOUT) -> bool:
+        child = self._child
+        if child is None:
+            return False
+        if not child.has_is_ready:
+            return True
+        seq = next(self._ids)
+        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._ready_answers[seq] = future
+        try:
+            child.writer.send({"op": "is_ready", "seq": seq})
+            return bool(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            _log.warning("model instance '%s': is_ready() did not answer within %.0f s", self.name, timeout)
+        except Exception as exc:
+            _log.warning("model instance '%s': is_ready() failed: %s", self.name, exc)
+        finally:
+            self._ready_answers.pop(seq, None)
+        return False
+
+    def finalize(self) -> None:
+        """Run the model's ``finalize`` in the child, then make sure the process is gone."""
+        self._closing = True
+        child = self._child
+        if child is None:
+            return
+        self._finalized = concurrent.futures.Future()
+        try:
+            child.writer.send({"op": "finalize"})
+            error = self._finalized.result(FINALIZE_TIMEOUT)
+        except (OSError, concurrent.futures.TimeoutError):
+            error = f"process did not finalize within {FINALIZE_TIMEOUT:g} s; killed"
+            child.kill()
+        finally:
+            child.end()
+        if error:
+            raise PythonModelError(error)
+
+    def kill(self) -> None:
+        """Abandon the instance (its worker is stuck): kill the process, fail what it held."""
+        self._closing = True
+        child = self._child
+        if child is not None:
+            child.kill()
