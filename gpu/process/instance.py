@@ -116,13 +116,18 @@ class _Child:
         self.has_is_ready = bool(answer["has_is_ready"])
 
     def end(self, timeout: float = 5.0) -> int | None:
-        """Wait for the process to exit (killing it past ``timeout``); return its exit code."""
+        """Close the socket (the child exits on its EOF), reap the process (killing it past
+        ``timeout``) and return its exit code."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the other side
+        self.sock.close()
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        self.sock.close()
         return code
 
     def kill(self) -> None:

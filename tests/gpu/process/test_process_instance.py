@@ -1,0 +1,172 @@
+"""ProcessInstance against a real child process: the python-backend contract holds across the boundary.
+
+Decoupled streams, responses sent after ``execute`` returned (they travel inline, the arena having
+moved on), ``async def execute``, a client that leaves (``request.is_cancelled()`` in the child),
+``is_ready`` and ``finalize`` errors: each behaves as the in-process instance does.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.process.instance import ChildSpec, ProcessInstance
+from evserve.gpu.python_backend.importer import PythonModelError
+from evserve.protocol.errors import ProtocolError
+from evserve.protocol.types import InferRequest, InferResponse, InputTensor
+
+IO = {
+    "input": [{"name": "IN", "data_type": "TYPE_FP32", "dims": [-1]}],
+    "output": [{"name": "OUT", "data_type": "TYPE_FP32", "dims": [-1]}],
+}
+
+STREAMER = """
+import asyncio, threading, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+def response(value):
+    return pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value], np.float32))])
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.ready = True
+
+    def is_ready(self):
+        return self.ready
+
+    def execute(self, requests):
+        for request in requests:
+            mode = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            sender = request.get_response_sender()
+            if mode == 0:      # three responses, then a bare FINAL, all during execute
+                for i in range(3):
+                    sender.send(response(float(i)))
+                sender.send(flags=FINAL)
+            elif mode == 1:    # answered from another thread after execute returned
+                threading.Thread(target=self.later, args=(sender,)).start()
+            elif mode == 2:    # waits for the client to leave
+                deadline = time.monotonic() + 10
+                while not request.is_cancelled() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                sender.send(response(-1.0 if request.is_cancelled() else -2.0), flags=FINAL)
+        return None
+
+    def later(self, sender):
+        time.sleep(0.2)
+        sender.send(response(42.0), flags=FINAL)
+
+    def finalize(self):
+        raise pb_utils.TritonModelException("finalize refused")
+"""
+
+ASYNC_MODEL = """
+import asyncio
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        await asyncio.sleep(0.01)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN")
+                .as_numpy() * 3)]) for r in requests]
+"""
+
+BROKEN_INIT = """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise ValueError("no weights here")
+    def execute(self, requests):
+        return []
+"""
+
+
+def spec(tmp_path: Path, source: str, *, decoupled: bool = False, name: str = "m") -> ChildSpec:
+    version_dir = tmp_path / name / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.py").write_text(textwrap.dedent(source))
+    config: dict[str, Any] = {"name": name, "backend": "python", "max_batch_size": 0, **IO}
+    if decoupled:
+        config["model_transaction_policy"] = {"decoupled": True}
+    return ChildSpec(name, 1, config, str(tmp_path / name), "CPU", 0, f"{name}_0", 1 << 20, None)
+
+
+def request(value: float) -> InferRequest:
+    data = np.array([value], dtype=np.float32)
+    return InferRequest("m", "1", inputs=[InputTensor("IN", "FP32", data.shape, data)])
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, bool]] = []
+        self.done = threading.Event()
+
+    def __call__(self, item: InferResponse | ProtocolError | None, final: bool) -> None:
+        self.items.append((item, final))
+        if final:
+            self.done.set()
+
+    def values(self) -> list[tuple[float | None, bool]]:
+        return [(None if item is None else float(item.outputs[0].data[0]), final) for item, final in self.items]
+
+
+@pytest.fixture()
+def streamer(tmp_path: Path):
+    instance = ProcessInstance(spec(tmp_path, STREAMER, decoupled=True))
+    yield instance
+    with pytest.raises(PythonModelError, match="finalize refused"):
+        instance.finalize()
+
+
+def test_a_decoupled_stream_crosses_in_order(streamer: ProcessInstance) -> None:
+    stream = Stream()
+    streamer.execute([ExecRequest(request(0), lambda r: None, stream=stream)])
+    assert stream.done.wait(5)
+    assert stream.values() == [(0.0, False), (1.0, False), (2.0, False), (None, True)]
+
+
+def test_a_response_after_execute_returned_arrives(streamer: ProcessInstance) -> None:
+    stream = Stream()
+    streamer.execute([ExecRequest(request(1), lambda r: None, stream=stream)])
+    assert not stream.done.is_set()
+    streamer.execute([ExecRequest(request(0), lambda r: None, stream=Stream())])  # the arena moves on
+    assert stream.done.wait(5)
+    assert stream.values() == [(42.0, True)]
+
+
+def test_a_client_that_leaves_is_cancelled_in_the_child(streamer: ProcessInstance) -> None:
+    stream = Stream()
+    left = threading.Event()
+    job = ExecRequest(request(2), lambda r: None, cancelled=left.is_set, stream=stream)
+    runner = threading.Thread(target=streamer.execute, args=([job],))
+    runner.start()
+    time.sleep(0.3)
+    left.set()
+    runner.join(5)
+    assert stream.done.wait(5)
+    assert stream.values() == [(-1.0, True)]
+
+
+def test_is_ready_runs_in_the_child(streamer: ProcessInstance) -> None:
+    assert streamer.has_readiness_check
+    assert streamer.check_ready() is True
+
+
+def test_async_execute_crosses(tmp_path: Path) -> None:
+    instance = ProcessInstance(spec(tmp_path, ASYNC_MODEL))
+    results: list[Any] = []
+    instance.execute([ExecRequest(request(2.0), results.append)])
+    assert [r.outputs[0].data.tolist() for r in results] == [[6.0]]
+    instance.finalize()
+
+
+def test_a_failing_initialize_fails_the_load_with_its_reason(tmp_path: Path) -> None:
+    with pytest.raises(PythonModelError, match="ValueError: no weights here"):
+        ProcessInstance(spec(tmp_path, BROKEN_INIT))
