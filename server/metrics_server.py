@@ -40,6 +40,9 @@ def model_families(manager: ModelManager) -> list[Family]:
     queue_us = Family("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration")
     infer_us = Family("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration")
     load_s = Family("nv_model_load_duration_secs", "gauge", "Model load time in seconds")
+    rss = Family("evserve_model_instance_rss_bytes", "gauge", "Resident memory of a model instance's child process")
+    restarts = Family("evserve_model_instance_restarts_total", "counter",
+                      "Times a model instance's child process was restarted after it died")
     for version in manager.ready_versions():
         labels = {"model": version.name, "version": version.version_str}
         snap = version.stats.snapshot()
@@ -54,7 +57,11 @@ def model_families(manager: ModelManager) -> list[Family]:
         queue_us.add(labels, stats["queue"]["ns"] // 1000)
         infer_us.add(labels, stats["compute_infer"]["ns"] // 1000)
         load_s.add(labels, version.load_seconds)
-    return [success, failure, count, executions, pending, request_us, queue_us, infer_us, load_s]
+        for instance, resident, restarted in version.child_processes():
+            rss.add({**labels, "instance": instance}, resident)
+            restarts.add({**labels, "instance": instance}, restarted)
+    families = [success, failure, count, executions, pending, request_us, queue_us, infer_us, load_s]
+    return families + [family for family in (rss, restarts) if family.samples]
 
 
 class HTTPMetricsServer(HTTPServer):

@@ -70,6 +70,15 @@ class ModelVersion:
         """Every instance's own readiness; blocks up to Triton's bound per instance."""
         return all(worker.instance.check_ready() for worker in self.workers if worker.instance.has_readiness_check)
 
+    def child_processes(self) -> list[tuple[str, int, int]]:
+        """(instance name, resident bytes, restarts) of each instance that runs in a child process."""
+        found = []
+        for worker in self.workers:
+            rss = getattr(worker.instance, "rss_bytes", None)
+            if rss is not None:
+                found.append((worker.instance.name, rss(), worker.instance.restarts))
+        return found
+
     def labels(self, output_name: str) -> list[str]:
         """Class labels of a classification output (read from disk once, then cached)."""
         return self.config.labels(output_name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ CRASH_WINDOW = 60.0
 FINALIZE_TIMEOUT = 30.0
 READY_TIMEOUT = 5.0
 _CANCEL_POLL = 0.1
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,17 @@ class ProcessInstance:
         child.initialize(self.spec)  # raises: the load (or restart) fails with the model's reason
         self._child = child
         threading.Thread(target=self._read, args=(child,), name=f"evserve-{self.name}-reader", daemon=True).start()
+
+    def rss_bytes(self) -> int:
+        """The child's resident memory (0 while no child runs), from /proc (Linux)."""
+        pid = self.pid
+        if pid is None:
+            return 0
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                return int(statm.read().split()[1]) * _PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            return 0
 
     @property
     def pid(self) -> int | None:

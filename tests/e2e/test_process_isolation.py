@@ -204,3 +204,19 @@ def test_a_crash_loop_gives_up_with_503(server: EvserveProcess) -> None:
     reply = identity_infer(server.port, "fragile", [5.0])
     assert reply.status == 503 and "crashed 5 times" in reply.error, reply.error
     assert identity_infer(server.port, "inproc", [1.0]).status == 200
+
+
+def test_metrics_show_each_child_memory_and_restarts(server: EvserveProcess) -> None:
+    def sample(name: str, instance: str) -> float:
+        text = call(server.metrics_port, "GET", "/metrics").body.decode()
+        prefix = f'{name}{{model="fragile",version="1",instance="{instance}"}} '
+        line = next(line for line in text.splitlines() if line.startswith(prefix))
+        return float(line[len(prefix):])
+
+    assert sample("evserve_model_instance_rss_bytes", "fragile_0") > 1 << 20
+    assert sample("evserve_model_instance_restarts_total", "fragile_0") == 0
+    assert identity_infer(server.port, "fragile", [1.0]).status == 500
+    assert identity_infer(server.port, "fragile", [5.0]).status == 200
+    assert sample("evserve_model_instance_restarts_total", "fragile_0") == 1
+    text = call(server.metrics_port, "GET", "/metrics").body.decode()
+    assert 'model="inproc"' not in "".join(line for line in text.splitlines() if "evserve_model_instance" in line)
