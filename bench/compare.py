@@ -23,6 +23,7 @@ Tables report medians.
     python bench/compare.py                                   # 3 rounds x 5 s, c=16 (~15 min)
     python bench/compare.py --workload ready --connections 16,64
     python bench/compare.py --no-triton --rounds 5
+    python bench/compare.py --threads 1 --isolation thread,process   # model instances in child processes
     # the standard build beside a free-threaded one (.ci/python-ft builds it), threads 1/2/8:
     python bench/compare.py --no-triton --workload ready --workload simple-json --threads 1,2,8 \
         --python 3.14t=/path/to/ft-venv/bin/python --server-cores 0,1 --wrk-cores 1 --share-cores
@@ -260,12 +261,15 @@ def build_servers(args: argparse.Namespace, repo: Path, triton: Path | None) -> 
         servers.append(Server("Triton 2.51", "triton", lambda port: triton_argv(triton, repo, port),
                               READY_PATH, everything))
     for build, build_python in args.python:
-        prefix = f"evserve {build}" if build else "evserve"
-        for threads in args.threads:
-            servers.append(Server(
-                f"{prefix} --threads {threads}", "evserve",
-                lambda port, n=threads, py=build_python: evserve_argv(port, n, repo, py),
-                READY_PATH, everything, threads, build))
+        for isolation in args.isolation:
+            words = ["evserve", build, "" if isolation == "thread" else f"{isolation}-isolated"]
+            prefix = " ".join(word for word in words if word)
+            for threads in args.threads:
+                servers.append(Server(
+                    f"{prefix} --threads {threads}", "evserve",
+                    lambda port, n=threads, py=build_python, iso=isolation: [
+                        *evserve_argv(port, n, repo, py), "--model-isolation", iso],
+                    READY_PATH, everything, threads, build))
     return servers
 
 
@@ -372,6 +376,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tensor-mib", type=float, default=1.0, help="identity tensor size in MiB (default 1)")
     parser.add_argument("--triton", default=None, help="path of triton-reference (default: ../shared/tools/)")
     parser.add_argument("--no-triton", action="store_const", const="none", dest="triton", help="leave Triton out")
+    parser.add_argument("--isolation", default="thread",
+                        help="evserve --model-isolation values, comma-separated (default thread)")
     parser.add_argument("--python", action="append", default=[], metavar="LABEL=PATH",
                         help="repeatable: also run evserve on this interpreter (evserve installed there), labelled "
                              "LABEL; the runner's own interpreter is always measured first")
@@ -380,6 +386,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.workload = args.workload or list(WORKLOADS)
     args.connections = [int(n) for n in args.connections.split(",") if n.strip()]
     args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
+    args.isolation = [word.strip() for word in args.isolation.split(",") if word.strip()]
+    if not set(args.isolation) <= {"thread", "process"}:
+        parser.error("--isolation takes thread and/or process")
     args.loadgen_duration = args.loadgen_duration or args.duration
     builds = [("", None)]
     for spec in args.python:
