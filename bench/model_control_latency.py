@@ -14,6 +14,7 @@ what a CPU-bound ``initialize`` (an ``import torch``) costs the loop threads of 
 
     python bench/model_control_latency.py                       # 3 interleaved rounds of 10 s
     python bench/model_control_latency.py --init-mode spin --rounds 5
+    python bench/model_control_latency.py --init-mode spin --isolation process   # initialize in a child
 
 The server is ``evserve --model-control-mode explicit --load-model simple --model-repository
 <tmp repo>`` with ``simple`` copied from the package's example repository. Output: a markdown
@@ -177,8 +178,8 @@ class Churn:
         return {"cycles": self.cycles, "statuses": dict(self.statuses), "load_s_median": load}
 
 
-def server_argv(port: int, repo: Path, threads: int) -> list[str]:
-    return [*evserve_argv(port, threads),
+def server_argv(port: int, repo: Path, threads: int, isolation: str) -> list[str]:
+    return [*evserve_argv(port, threads), "--model-isolation", isolation,
             "--model-control-mode", "explicit", "--load-model", "simple", "--model-repository", str(repo)]
 
 
@@ -203,14 +204,16 @@ def measure(mode: str, round_no: int, repo: Path, body_file: Path, args: argpars
     """One fresh server per run, so a model left half-loaded by one run cannot colour the next."""
     sample = Sample(mode, round_no)
     port = free_port()
-    return measure_on_server(sample, server_argv(port, repo, args.threads), port, "/v2/health/ready", args,
+    argv = server_argv(port, repo, args.threads, args.isolation)
+    return measure_on_server(sample, argv, port, "/v2/health/ready", args,
                              lambda: run_mode(mode, port, body_file, args, sample))
 
 
 def table(samples: Sequence[Sample], args: argparse.Namespace) -> str:
     steady = median_of(samples, "steady")
     lines = [
-        f"### model control: {INFER_PATH} under wrk -c{args.connections}, evserve --threads {args.threads}, "
+        f"### model control: {INFER_PATH} under wrk -c{args.connections}, evserve --threads {args.threads} "
+        f"--model-isolation {args.isolation}, "
         f"slow_load init {args.init_seconds:g} s ({args.init_mode}), finalize {args.finalize_seconds:g} s",
         "",
         "| mode | req/s (median) | p50 ms | p99 ms | p50 ÷ steady | p99 ÷ steady | load/unload cycles | errors |",
@@ -243,6 +246,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finalize-seconds", type=float, default=0.2, help="slow_load finalize time (default 0.2)")
     parser.add_argument("--init-mode", choices=("sleep", "spin"), default="sleep",
                         help="sleep: GIL released while waiting; spin: GIL held (default sleep)")
+    parser.add_argument("--isolation", choices=("thread", "process"), default="thread",
+                        help="evserve --model-isolation: where initialize runs (default thread)")
     add_placement_arguments(parser)
     args = parser.parse_args(argv)
     check_placement(parser, args)
