@@ -10,12 +10,17 @@ descriptor, so nothing appears in /dev/shm and nothing is left behind if either 
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 
 import numpy as np
 
 ALIGN = 64
+# The first bytes of the arena are cancellation flags, one per request id modulo their count:
+# the server sets a request's flag when its client leaves, and request.is_cancelled() in the
+# child reads it (no message, no thread to receive one). Tensors start after them.
+CANCEL_FLAGS = 4096
 
 
 class ArenaFull(Exception):
@@ -39,7 +44,7 @@ class Arena:
 
     def array(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A NumPy view of the arena (no copy): valid until the batch it belongs to is done."""
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def bytes_at(self, offset: int, nbytes: int) -> memoryview:

@@ -2,30 +2,33 @@
 
 It imports the model with the same python-backend adapter the server uses in-process
 (:class:`~evserve.gpu.python_backend.model.PythonModel`), so a model behaves the same in either
-isolation. The main thread executes batches in order; a reader thread takes frames from the
-server, so a cancellation arrives while ``execute`` runs. Responses sent while their batch is
-open go through the arena; a response sent later (a decoupled model answering from its own
-thread) goes inline, because the server may already have handed the arena to the next batch.
-The child exits the moment the server's end of the socket closes, whatever its main thread is
-doing (a model spinning in ``execute`` included): the kernel closes that socket when the server
-dies in any way, so a child is never orphaned. (``PR_SET_PDEATHSIG`` would not do: it fires when
-the *thread* that spawned the child exits, and load threads come and go.)
+isolation. The main thread reads the server's frames and executes batches in order; a client
+that leaves is seen through its cancellation flag in the arena (``request.is_cancelled()``), so
+no message has to reach a busy child. Responses sent while their batch is open go through the
+arena; a response sent later (a decoupled model answering from its own thread) goes inline,
+because the server may already have handed the arena to the next batch. The frames a
+default-mode batch produces are sent together with its "done" (one write, one wake-up).
+
+The child exits when the server's end of the socket closes (the kernel closes it when the server
+dies in any way), and a watchdog thread exits it within a second of the server's death even
+while ``execute`` runs for ever, so a child is never orphaned. (``PR_SET_PDEATHSIG`` would not
+do: it fires when the *thread* that spawned the child exits, and load threads come and go.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 from evserve.gpu.execution.contract import ExecRequest
-from evserve.gpu.process.arena import Arena, Bump
-from evserve.gpu.process.frames import FrameReader, FrameWriter
+from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
+from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
 from evserve.gpu.process.tensors import pack_result, unpack
 from evserve.gpu.python_backend.model import PythonModel
 from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
@@ -49,29 +52,18 @@ class Child:
         self.reader = FrameReader(sock)
         self.arena = arena
         self.instance: Any = None
-        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self.cancelled: set[int] = set()
+        self.decoupled = False
         # The arena belongs to the open batch; a response outside it goes inline.
         self._arena_lock = threading.Lock()
         self._bump: Bump | None = None
+        self._held: list[bytes] | None = None  # frames of a default-mode batch, sent with its "done"
 
-    # -- the server's frames ------------------------------------------------------------------
-
-    def read_frames(self) -> None:
-        """Reader thread: cancellations at once, everything else to the main thread in order."""
+    def serve(self) -> int:
+        """Take the server's frames in order until it closes the socket or asks to finalize."""
         while True:
             message = self.reader.read()
             if message is None:
-                os._exit(0)  # the server is gone or gave up on us: nothing is left to answer
-            if message["op"] == "cancel":
-                self.cancelled.add(message["rid"])
-            else:
-                self.inbox.put(message)
-
-    def serve(self) -> int:
-        threading.Thread(target=self.read_frames, name="evserve-child-reader", daemon=True).start()
-        while True:
-            message = self.inbox.get()
+                return 0  # the server is gone or gave up on us: nothing is left to answer
             op = message["op"]
             if op == "init":
                 self.init(message)
@@ -101,18 +93,21 @@ class Child:
                 else f"{type(exc).__name__}: {exc}"
             self.writer.send({"op": "init_error", "message": detail, "traceback": traceback.format_exc()})
             return
-        self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check, "pid": os.getpid()})
+        self.decoupled = self.instance.decoupled
+        self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check})
 
     def execute(self, message: dict[str, Any]) -> None:
         jobs = [self._job(request) for request in message["requests"]]
         with self._arena_lock:
             self._bump = Bump(self.arena, message["inputs_end"])
+            self._held = None if self.decoupled else []
         try:
             self.instance.execute(jobs)
         finally:
             with self._arena_lock:
-                self._bump = None
-                self.writer.send({"op": "done", "batch": message["batch"]})
+                held, self._held, self._bump = self._held or [], None, None
+                held.append(encode({"op": "done", "batch": message["batch"]}))
+                self.writer.send_encoded(b"".join(held))
 
     def _job(self, header: dict[str, Any]) -> ExecRequest:
         rid = header["rid"]
@@ -123,17 +118,22 @@ class Child:
             header["model_name"], header["model_version"], header["id"], header["parameters"] or {}, inputs,
             [RequestedOutput(name) for name in outputs] if outputs is not None else None,
         )
+        flags, slot = self.arena.view, rid % CANCEL_FLAGS
+
+        def cancelled() -> bool:
+            return flags[slot] != 0
+
         if header["stream"]:
-            return ExecRequest(request, _unused, lambda: rid in self.cancelled,
-                               lambda result, final: self._send(rid, result, final))
-        return ExecRequest(request, lambda result: self._send(rid, result, True), lambda: rid in self.cancelled)
+            return ExecRequest(request, _unused, cancelled, lambda result, final: self._send(rid, result, final))
+        return ExecRequest(request, lambda result: self._send(rid, result, True), cancelled)
 
     def _send(self, rid: int, result: Any, final: bool) -> None:
         with self._arena_lock:
-            header = pack_result(result, self._bump)
-            self.writer.send({"op": "response", "rid": rid, "final": final, "result": header})
-        if final:
-            self.cancelled.discard(rid)
+            frame = encode({"op": "response", "rid": rid, "final": final, "result": pack_result(result, self._bump)})
+            if self._held is not None:
+                self._held.append(frame)
+                return
+        self.writer.send_encoded(frame)
 
     def is_ready(self, message: dict[str, Any]) -> None:
         try:
@@ -155,10 +155,20 @@ def _unused(result: Any) -> None:
     raise AssertionError("a streamed job completes through its stream callback")
 
 
+def _exit_with_server(server_pid: int) -> None:
+    """Watchdog thread: once the server is gone (we were re-parented), leave at once."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != server_pid:
+            os._exit(0)
+
+
 def main(argv: list[str]) -> int:
     sock_fd, arena_fd, arena_bytes = (int(value) for value in argv[:3])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    threading.Thread(target=_exit_with_server, args=(os.getppid(),), name="evserve-child-watchdog",
+                     daemon=True).start()
     sock = socket.socket(fileno=sock_fd)
     child = Child(sock, Arena(arena_bytes, arena_fd))
     try:

@@ -27,9 +27,18 @@ class FrameWriter:
         self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
-        payload = msgpack.packb(message, use_bin_type=True)
+        self.send_encoded(encode(message))
+
+    def send_encoded(self, frames: bytes) -> None:
+        """Send frames already encoded (several at once: one syscall, one wake-up of the reader)."""
         with self._lock:
-            self._sock.sendall(_LENGTH.pack(len(payload)) + payload)
+            self._sock.sendall(frames)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One whole frame: its length, then the msgpack map."""
+    payload = msgpack.packb(message, use_bin_type=True)
+    return _LENGTH.pack(len(payload)) + payload
 
 
 class FrameReader:

@@ -4,8 +4,9 @@ It stands behind the same ``ModelInstance`` contract as an in-process instance, 
 thread that owns it, the loop threads and ``server/`` do not change. The worker calls
 :meth:`execute`: the batch's inputs are written into the instance's arena, a header frame goes
 to the child, and the worker waits until the child says the batch is done (the next batch may
-then reuse the arena). A reader thread takes the child's frames and finishes each job as its
-response arrives, on that thread (the job's completion defers the reply to its loop thread).
+then reuse the arena). For a default-mode model the worker reads the child's frames itself
+until then (one thread, no hand-off: each response is finished as it arrives); a decoupled model
+may answer at any time, so a reader thread owns its socket instead.
 
 Crash safety. A child that dies (exit, signal, segfault, out of memory) closes its socket; the
 reader sees the EOF at once, fails every in-flight request with a 500 naming the model and how
@@ -22,17 +23,19 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from evserve.gpu.execution.contract import ExecRequest
-from evserve.gpu.process.arena import Arena, ArenaFull, Bump
+from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
 from evserve.gpu.process.frames import FrameReader, FrameWriter
 from evserve.gpu.process.tensors import pack, unpack_result
 from evserve.gpu.python_backend.importer import PythonModelError
@@ -81,12 +84,12 @@ class _Child:
     """One running child: its process, socket, arena and reader thread."""
 
     def __init__(self, spec: ChildSpec) -> None:
-        self.arena = Arena(spec.arena_bytes)
+        self.arena = Arena(CANCEL_FLAGS + spec.arena_bytes)
         parent_sock, child_sock = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
                 [spec.python, "-m", "evserve.gpu.process.child",
-                 str(child_sock.fileno()), str(self.arena.fd), str(spec.arena_bytes)],
+                 str(child_sock.fileno()), str(self.arena.fd), str(self.arena.size)],
                 pass_fds=(child_sock.fileno(), self.arena.fd),
             )
         except BaseException:
@@ -100,6 +103,7 @@ class _Child:
         self.reader = FrameReader(parent_sock)
         self.has_is_ready = False
         self.timed_out = False  # killed by the execute timeout, not crashed on its own
+        self.ended = False  # its end has been handled (in-flight requests failed, arena closed)
 
     def initialize(self, spec: ChildSpec) -> None:
         """Import the model and run ``initialize`` in the child; raises PythonModelError on failure."""
@@ -153,6 +157,10 @@ class ProcessInstance:
         self._gave_up: str | None = None
         self._closing = False
         self.restarts = 0
+        # A decoupled model answers whenever it likes: a reader thread owns its socket. Otherwise
+        # whoever sends (the worker, a readiness check, finalize) reads the answer, under _io_lock.
+        self._reader_thread = bool(spec.config.get("model_transaction_policy", {}).get("decoupled", False))
+        self._io_lock = threading.Lock()
         self._child: _Child | None = None
         self._start_child()
 
@@ -162,7 +170,9 @@ class ProcessInstance:
         child = _Child(self.spec)
         child.initialize(self.spec)  # raises: the load (or restart) fails with the model's reason
         self._child = child
-        threading.Thread(target=self._read, args=(child,), name=f"evserve-{self.name}-reader", daemon=True).start()
+        if self._reader_thread:
+            threading.Thread(target=self._pump, args=(child, _never), name=f"evserve-{self.name}-reader",
+                             daemon=True).start()
 
     def rss_bytes(self) -> int:
         """The child's resident memory (0 while no child runs), from /proc (Linux)."""
@@ -183,6 +193,9 @@ class ProcessInstance:
     def _ensure_child(self) -> _Child | ProtocolError:
         """The running child, restarted after a crash (with back-off), or the error to answer."""
         child = self._child
+        if child is not None and not self._reader_thread and child.proc.poll() is not None:
+            self._child_ended(child)  # it died while idle, with nobody reading: notice it now
+            child = None
         if child is not None:
             return child
         if self._closing:
@@ -217,7 +230,8 @@ class ProcessInstance:
             for job in batch:
                 job.finish(child)
             return
-        bump = Bump(child.arena)
+        bump = Bump(child.arena, CANCEL_FLAGS)
+        flags = child.arena.view
         headers = []
         sent: list[tuple[int, ExecRequest]] = []
         for job in batch:
@@ -232,6 +246,7 @@ class ProcessInstance:
                     "(raise the model's EVSERVE_ARENA_BYTES parameter)", 413))
                 continue
             rid = next(self._ids)
+            flags[rid % CANCEL_FLAGS] = 0
             request = job.request
             outputs = request.outputs
             headers.append({
@@ -247,46 +262,64 @@ class ProcessInstance:
         with self._lock:
             self._jobs.update(sent)
             self._batch_done.clear()
-        try:
-            child.writer.send({"op": "execute", "batch": batch_id, "inputs_end": bump.top, "requests": headers})
-        except OSError:
-            pass  # the child is gone: its reader fails these jobs
-        self._wait_done(child, sent)
+        message = {"op": "execute", "batch": batch_id, "inputs_end": bump.top, "requests": headers}
+        tick = self._batch_tick(child, sent)
+        if self._reader_thread:
+            self._send(child, message)
+            while not self._batch_done.wait(_CANCEL_POLL):
+                tick()
+        else:
+            with self._io_lock:
+                self._send(child, message)
+                self._pump(child, self._batch_done.is_set, tick)
 
-    def _wait_done(self, child: _Child, sent: list[tuple[int, ExecRequest]]) -> None:
-        """Wait for the child's "done", forwarding cancellations; kill it past the execute timeout."""
+    def _batch_tick(self, child: _Child, sent: list[tuple[int, ExecRequest]]) -> Callable[[], None]:
+        """While a batch runs: raise the flags of requests whose client left (the child reads them
+        in ``request.is_cancelled()``), and kill the child past the execute timeout."""
         timeout = self.spec.execute_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        told: set[int] = set()
-        while not self._batch_done.wait(_CANCEL_POLL):
+        flags = child.arena.view
+
+        def tick() -> None:
             for rid, job in sent:
-                if rid not in told and not job.done and job.cancelled():
-                    told.add(rid)
-                    try:
-                        child.writer.send({"op": "cancel", "rid": rid})
-                    except OSError:
-                        pass
-            if deadline is not None and time.monotonic() > deadline:
+                if not job.done and job.cancelled():
+                    flags[rid % CANCEL_FLAGS] = 1
+            if deadline is not None and time.monotonic() > deadline and not child.timed_out:
                 _log.error("model instance '%s' ran past its execute timeout of %.1f s; killing its process",
                            self.name, timeout)
                 child.timed_out = True
                 child.kill()
-                self._batch_done.wait()
-                return
 
-    # -- the child's frames (reader thread) ----------------------------------------------------------
+        return tick
 
-    def _read(self, child: _Child) -> None:
+    @staticmethod
+    def _send(child: _Child, message: dict[str, Any]) -> None:
         try:
-            while True:
+            child.writer.send(message)
+        except OSError:
+            pass  # the child is gone: reading its socket finds the EOF and fails what it held
+
+    # -- the child's frames ----------------------------------------------------------------------
+
+    def _pump(self, child: _Child, finished: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
+        """Read and handle the child's frames until ``finished()`` or the child ends; ``tick`` runs
+        every poll interval without a frame (the reader thread passes none and just blocks)."""
+        while not finished():
+            if tick is not None:
+                readable, _, _ = select.select([child.sock], [], [], _CANCEL_POLL)
+                if not readable:
+                    tick()
+                    continue
+            try:
                 message = child.reader.read()
-                if message is None:
-                    break
-                self._handle(child, message)
-        except Exception:
-            _log.exception("model instance '%s': bad frame from its process", self.name)
-            child.kill()
-        self._child_ended(child)
+            except Exception:
+                _log.exception("model instance '%s': bad frame from its process", self.name)
+                child.kill()
+                message = None
+            if message is None:
+                self._child_ended(child)
+                return
+            self._handle(child, message)
 
     def _handle(self, child: _Child, message: dict[str, Any]) -> None:
         op = message["op"]
@@ -316,6 +349,10 @@ class ProcessInstance:
 
     def _child_ended(self, child: _Child) -> None:
         """The child's socket closed: fail what it held; a crash unless we were finalizing it."""
+        with self._lock:
+            if child.ended:
+                return
+            child.ended = True
         code = child.end()
         finalizing = self._finalized is not None
         with self._lock:
@@ -360,8 +397,8 @@ class ProcessInstance:
         future: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self._ready_answers[seq] = future
         try:
-            child.writer.send({"op": "is_ready", "seq": seq})
-            return bool(future.result(timeout))
+            self._ask(child, {"op": "is_ready", "seq": seq}, future, timeout)
+            return bool(future.result(0))
         except concurrent.futures.TimeoutError:
             _log.warning("model instance '%s': is_ready() did not answer within %.0f s", self.name, timeout)
         except Exception as exc:
@@ -378,15 +415,32 @@ class ProcessInstance:
             return
         self._finalized = concurrent.futures.Future()
         try:
-            child.writer.send({"op": "finalize"})
-            error = self._finalized.result(FINALIZE_TIMEOUT)
+            self._ask(child, {"op": "finalize"}, self._finalized, FINALIZE_TIMEOUT)
+            error = self._finalized.result(0)
         except (OSError, concurrent.futures.TimeoutError):
             error = f"process did not finalize within {FINALIZE_TIMEOUT:g} s; killed"
             child.kill()
         finally:
             child.end()
+            self._child_ended(child)
         if error:
             raise PythonModelError(error)
+
+    def _ask(self, child: _Child, message: dict[str, Any], answer: concurrent.futures.Future[Any],
+             timeout: float) -> None:
+        """Send ``message`` and wait up to ``timeout`` for ``answer`` (read here, or by the reader)."""
+        if self._reader_thread:
+            child.writer.send(message)
+            concurrent.futures.wait([answer], timeout)
+            return
+        deadline = time.monotonic() + timeout
+        if not self._io_lock.acquire(timeout=timeout):
+            return  # the worker is in a long execute: the answer cannot come in time
+        try:
+            child.writer.send(message)
+            self._pump(child, lambda: answer.done() or time.monotonic() > deadline, _nothing)
+        finally:
+            self._io_lock.release()
 
     def kill(self) -> None:
         """Abandon the instance (its worker is stuck): kill the process, fail what it held."""
@@ -394,3 +448,11 @@ class ProcessInstance:
         child = self._child
         if child is not None:
             child.kill()
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    pass

@@ -8,6 +8,7 @@ done, or one too large), the bytes inline. BYTES tensors travel in Triton's wire
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def unpack(header: Header, arena: Arena, *, copy: bool) -> np.ndarray:
     inline = header.get("inline")
     buf = memoryview(inline) if inline is not None else arena.bytes_at(header["offset"], header["nbytes"])
     if datatype == "BYTES":
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         return deserialize_bytes(buf, count).reshape(shape)
     dtype = numpy_dtype(datatype)
     if inline is not None:
