@@ -44,8 +44,8 @@ class Arena:
 
     def array(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A NumPy view of the arena (no copy): valid until the batch it belongs to is done."""
-        count = math.prod(shape)
-        return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        return np.frombuffer(self.view[offset : offset + nbytes], dtype=dtype).reshape(shape)
 
     def bytes_at(self, offset: int, nbytes: int) -> memoryview:
         return self.view[offset : offset + nbytes]
