@@ -8,6 +8,7 @@ outside the repository, which is how an installed evserve is used.
 
 from __future__ import annotations
 
+import configparser
 import importlib
 import importlib.util
 import os
@@ -49,3 +50,18 @@ def test_bare_names_are_not_importable_from_a_fresh_interpreter(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_source_package_is_listed_for_installation() -> None:
+    """setup.cfg lists packages by name: a new subpackage left out installs as nothing (an
+    editable install hides that; a clean install fails at import)."""
+    config = configparser.ConfigParser()
+    config.read(REPOSITORY / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {
+        "evserve." + ".".join(init.parent.relative_to(REPOSITORY).parts)
+        for folder in SUBPACKAGES
+        for init in (REPOSITORY / folder).rglob("__init__.py")
+        if "example_models" not in init.parts
+    }
+    assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
