@@ -53,11 +53,14 @@ def describe(exc: BaseException) -> str:
 class ModelLoader:
     """Builds the selected versions of a model directory (config → import → initialise → workers)."""
 
-    def __init__(self, options: ModelManagerOptions) -> None:
+    def __init__(self, options: ModelManagerOptions,
+                 on_gave_up: Callable[[str, ModelVersion, str], None] | None = None) -> None:
         self.model_config_name = options.model_config_name
         self.disable_auto_complete = options.disable_auto_complete
         self.queue_capacity = options.queue_capacity
         self.isolation = options.isolation
+        # Told when an instance of a served version gives up for good (the manager shows it).
+        self.on_gave_up = on_gave_up
 
     def build(self, name: str, model_dir: str, override: dict | None,
               on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:
@@ -116,6 +119,12 @@ class ModelLoader:
         if batching is not None and batching.max_queue_size > 0:
             capacity = min(capacity, batching.max_queue_size)
         workers: list[InstanceWorker] = []
+        built: list[ModelVersion] = []  # filled below; the hook needs the version it reports
+
+        def gave_up(reason: str) -> None:
+            if self.on_gave_up is not None and built:
+                self.on_gave_up(name, built[0], reason)
+
         try:
             isolated = process_settings(config, self.isolation)
             for kind, device_id, instance_name in placements(config):
@@ -123,7 +132,8 @@ class ModelLoader:
                     instance = module.create_instance(config, number, kind, device_id, model_dir, instance_name)
                 else:
                     instance = ProcessInstance(ChildSpec(
-                        name, number, config.raw, model_dir, kind, device_id, instance_name, *isolated))
+                        name, number, config.raw, model_dir, kind, device_id, instance_name, *isolated),
+                        on_gave_up=gave_up)
                 workers.append(InstanceWorker(
                     name, instance, capacity, batching, kind, device_id,
                     max_batch_size=config.max_batch_size, stats=stats,
@@ -134,6 +144,7 @@ class ModelLoader:
                 _finalize_quietly(name, worker.instance)
             raise
         version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module)
+        built.append(version)
         version.start()
         return version
 

@@ -96,7 +96,7 @@ class ModelManager:
         self.strict_readiness = options.strict_readiness
         self.unload_timeout = options.unload_timeout
         self.load_thread_count = max(1, options.load_thread_count)
-        self._loader = ModelLoader(options)
+        self._loader = ModelLoader(options, self._instance_gave_up)
         # Reader-visible state: replaced, never mutated (copy-on-write).
         self._records: dict[str, ModelRecord] = {}
         self._sources: dict[str, ModelSource] = {}
@@ -448,6 +448,19 @@ class ModelManager:
         thread.start()
 
     # ---- snapshots ---------------------------------------------------------------------------
+
+    def _instance_gave_up(self, name: str, version: ModelVersion, reason: str) -> None:
+        """An instance of a served version can no longer run (its process kept crashing): show
+        the version UNAVAILABLE with the reason until the model is loaded again."""
+        with self._publish_lock:
+            record = self._records.get(name)
+            entry = record.versions.get(version.version) if record is not None else None
+            if record is None or entry is None or entry.served is not version:
+                return  # already replaced or unloaded
+            versions = {**record.versions, version.version: VersionState(version.version, UNAVAILABLE, reason)}
+            records = {**self._records, name: ModelRecord(name, versions, record.state, record.reason)}
+            self._healthy = all(r.is_healthy() for r in records.values())
+            self._records = records
 
     def _publish(self, name: str, record: ModelRecord) -> None:
         with self._publish_lock:

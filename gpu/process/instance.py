@@ -144,8 +144,9 @@ class _Child:
 class ProcessInstance:
     """A model instance in a child process (see the module docstring)."""
 
-    def __init__(self, spec: ChildSpec) -> None:
+    def __init__(self, spec: ChildSpec, on_gave_up: Callable[[str], None] | None = None) -> None:
         self.spec = spec
+        self._on_gave_up = on_gave_up
         self.name = spec.instance_name
         self._lock = threading.Lock()
         self._jobs: dict[int, ExecRequest] = {}
@@ -208,6 +209,8 @@ class ProcessInstance:
             self._gave_up = (f"model instance '{self.name}' crashed {len(recent)} times in {CRASH_WINDOW:.0f} s; "
                              "it stays unavailable until the model is loaded again")
             _log.error("%s", self._gave_up)
+            if self._on_gave_up is not None:
+                self._on_gave_up(self._gave_up)
             return Unavailable(self._gave_up)
         delay = min(0.25 * 2 ** (len(recent) - 1), 5.0) - (now - recent[-1]) if recent else 0.0
         if delay > 0:

@@ -20,6 +20,7 @@ from tests.e2e.conftest import (
     SIMPLE_SUM,
     call,
     identity_infer,
+    index,
     post_json,
     simple_infer,
     wait_for,
@@ -198,11 +199,15 @@ def test_a_server_killed_outright_takes_its_children_with_it(repository: Path) -
         os.unlink(server.log.name)
 
 
-def test_a_crash_loop_gives_up_with_503(server: EvserveProcess) -> None:
+def test_a_crash_loop_gives_up_with_503_and_the_version_becomes_unavailable(server: EvserveProcess) -> None:
     statuses = [identity_infer(server.port, "fragile", [1.0], timeout=30).status for _ in range(6)]
     assert statuses == [500] * 5 + [503]
+    # From then on the version is UNAVAILABLE with the reason, as a failed load would be.
     reply = identity_infer(server.port, "fragile", [5.0])
-    assert reply.status == 503 and "crashed 5 times" in reply.error, reply.error
+    assert reply.status == 404 and "has no available versions" in reply.error, reply.error
+    row = index(server.port)["fragile"]
+    assert row["state"] == "UNAVAILABLE" and "crashed 5 times" in row["reason"], row
+    assert call(server.port, "GET", "/v2/models/fragile/ready").status != 200
     assert identity_infer(server.port, "inproc", [1.0]).status == 200
 
 
