@@ -172,8 +172,8 @@ class ProcessInstance:
         child.initialize(self.spec)  # raises: the load (or restart) fails with the model's reason
         self._child = child
         if self._reader_thread:
-            threading.Thread(target=self._pump, args=(child, _never), name=f"evserve-{self.name}-reader",
-                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(child, _never, self._cancel_tick(child)),
+                             name=f"evserve-{self.name}-reader", daemon=True).start()
 
     def rss_bytes(self) -> int:
         """The child's resident memory (0 while no child runs), from /proc (Linux)."""
@@ -292,6 +292,20 @@ class ProcessInstance:
                            self.name, timeout)
                 child.timed_out = True
                 child.kill()
+
+        return tick
+
+    def _cancel_tick(self, child: _Child) -> Callable[[], None]:
+        """For the reader of a decoupled model: a request may outlive its batch (answered later
+        from another thread), so its client leaving is watched for as long as it is in flight."""
+        flags = child.arena.view
+
+        def tick() -> None:
+            with self._lock:
+                jobs = list(self._jobs.items())
+            for rid, job in jobs:
+                if not job.done and job.cancelled():
+                    flags[rid % CANCEL_FLAGS] = 1
 
         return tick
 

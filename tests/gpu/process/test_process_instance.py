@@ -54,11 +54,16 @@ class TritonPythonModel:
             elif mode == 1:    # answered from another thread after execute returned
                 threading.Thread(target=self.later, args=(sender,)).start()
             elif mode == 2:    # waits for the client to leave
-                deadline = time.monotonic() + 10
-                while not request.is_cancelled() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                sender.send(response(-1.0 if request.is_cancelled() else -2.0), flags=FINAL)
+                self.wait_for_cancel(request, sender)
+            elif mode == 3:    # the same, after execute returned
+                threading.Thread(target=self.wait_for_cancel, args=(request, sender)).start()
         return None
+
+    def wait_for_cancel(self, request, sender):
+        deadline = time.monotonic() + 10
+        while not request.is_cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sender.send(response(-1.0 if request.is_cancelled() else -2.0), flags=FINAL)
 
     def later(self, sender):
         time.sleep(0.2)
@@ -150,6 +155,17 @@ def test_a_client_that_leaves_is_cancelled_in_the_child(streamer: ProcessInstanc
     time.sleep(0.3)
     left.set()
     runner.join(5)
+    assert stream.done.wait(5)
+    assert stream.values() == [(-1.0, True)]
+
+
+def test_a_client_that_leaves_after_execute_returned_is_cancelled_too(streamer: ProcessInstance) -> None:
+    stream = Stream()
+    left = threading.Event()
+    streamer.execute([ExecRequest(request(3), lambda r: None, cancelled=left.is_set, stream=stream)])
+    assert not stream.done.is_set()  # execute has returned; the answer is still to come
+    time.sleep(0.3)
+    left.set()
     assert stream.done.wait(5)
     assert stream.values() == [(-1.0, True)]
 
