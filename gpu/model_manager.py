@@ -458,16 +458,18 @@ class ModelManager:
             if record is None or entry is None or entry.served is not version:
                 return  # already replaced or unloaded
             versions = {**record.versions, version.version: VersionState(version.version, UNAVAILABLE, reason)}
-            records = {**self._records, name: ModelRecord(name, versions, record.state, record.reason)}
-            self._healthy = all(r.is_healthy() for r in records.values())
-            self._records = records
+            self._set_record(name, ModelRecord(name, versions, record.state, record.reason))
 
     def _publish(self, name: str, record: ModelRecord) -> None:
         with self._publish_lock:
-            records = dict(self._records)
-            records[name] = record
-            self._healthy = all(r.is_healthy() for r in records.values())
-            self._records = records
+            self._set_record(name, record)
+
+    def _set_record(self, name: str, record: ModelRecord) -> None:
+        """Publish a new snapshot with ``record`` for ``name`` (the publish lock is held)."""
+        records = dict(self._records)
+        records[name] = record
+        self._healthy = all(r.is_healthy() for r in records.values())
+        self._records = records
 
     def _rescan(self) -> None:
         """Refresh the cached repository listing (disk I/O: control threads only)."""

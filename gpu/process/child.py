@@ -27,23 +27,15 @@ import traceback
 from typing import Any
 
 from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.model_loader import describe
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
 from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
 from evserve.gpu.process.tensors import pack_result, unpack
 from evserve.gpu.python_backend.model import PythonModel
+from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
 
 _log = logging.getLogger("evserve.child")
-
-
-class _Config:
-    """What the adapter reads of a model config, rebuilt from the server's copy."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
-        self.name = raw["name"]
-        self.decoupled = bool(raw.get("model_transaction_policy", {}).get("decoupled", False))
-        self.max_batch_size = int(raw.get("max_batch_size", 0))
 
 
 class Child:
@@ -85,13 +77,11 @@ class Child:
                 cupy.cuda.Device(message["device_id"]).use()
             model = PythonModel.import_version(message["model_dir"], message["name"], message["version"])
             self.instance = model.create_instance(
-                _Config(message["config"]), message["version"], message["kind"], message["device_id"],
+                ModelConfig(message["config"]), message["version"], message["kind"], message["device_id"],
                 message["repository_dir"], message["instance_name"],
             )
         except BaseException as exc:
-            detail = str(exc) if type(exc).__name__ in ("PythonModelError", "TritonModelException") \
-                else f"{type(exc).__name__}: {exc}"
-            self.writer.send({"op": "init_error", "message": detail, "traceback": traceback.format_exc()})
+            self.writer.send({"op": "init_error", "message": describe(exc), "traceback": traceback.format_exc()})
             return
         self.decoupled = self.instance.decoupled
         self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check})
@@ -147,7 +137,7 @@ class Child:
         try:
             self.instance.finalize()
         except BaseException as exc:
-            error = str(exc) if type(exc).__name__ == "TritonModelException" else f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
         self.writer.send({"op": "finalized", "error": error})
 
 

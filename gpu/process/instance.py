@@ -11,8 +11,9 @@ may answer at any time, so a reader thread owns its socket instead.
 Crash safety. A child that dies (exit, signal, segfault, out of memory) closes its socket; the
 reader sees the EOF at once, fails every in-flight request with a 500 naming the model and how
 the child died, and the next batch starts a fresh child after a back-off. After
-``MAX_CRASHES`` crashes within ``CRASH_WINDOW`` seconds the instance gives up and answers 503
-with the reason until the model is reloaded. A batch that runs past the execute timeout gets
+``MAX_CRASHES`` crashes within ``CRASH_WINDOW`` seconds the instance gives up: it answers 503
+with the reason, and tells its owner (the manager shows the version UNAVAILABLE) until the
+model is loaded again. A batch that runs past the execute timeout gets
 its child killed and is treated the same. Unload, reload and server stop finalize the child
 and wait for it to exit (killing it past a bound), so no child outlives its model.
 """
@@ -39,6 +40,7 @@ from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
 from evserve.gpu.process.frames import FrameReader, FrameWriter
 from evserve.gpu.process.tensors import pack, unpack_result
 from evserve.gpu.python_backend.importer import PythonModelError
+from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.errors import ProtocolError, Unavailable
 
 _log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def describe_exit(code: int | None) -> str:
 
 
 class _Child:
-    """One running child: its process, socket, arena and reader thread."""
+    """One running child: its process, its socket and its arena."""
 
     def __init__(self, spec: ChildSpec) -> None:
         self.arena = Arena(CANCEL_FLAGS + spec.arena_bytes)
@@ -160,7 +162,7 @@ class ProcessInstance:
         self.restarts = 0
         # A decoupled model answers whenever it likes: a reader thread owns its socket. Otherwise
         # whoever sends (the worker, a readiness check, finalize) reads the answer, under _io_lock.
-        self._reader_thread = bool(spec.config.get("model_transaction_policy", {}).get("decoupled", False))
+        self._reader_thread = ModelConfig(spec.config).decoupled
         self._io_lock = threading.Lock()
         self._child: _Child | None = None
         self._start_child()
@@ -281,12 +283,9 @@ class ProcessInstance:
         in ``request.is_cancelled()``), and kill the child past the execute timeout."""
         timeout = self.spec.execute_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        flags = child.arena.view
 
         def tick() -> None:
-            for rid, job in sent:
-                if not job.done and job.cancelled():
-                    flags[rid % CANCEL_FLAGS] = 1
+            _raise_cancel_flags(child, sent)
             if deadline is not None and time.monotonic() > deadline and not child.timed_out:
                 _log.error("model instance '%s' ran past its execute timeout of %.1f s; killing its process",
                            self.name, timeout)
@@ -298,14 +297,10 @@ class ProcessInstance:
     def _cancel_tick(self, child: _Child) -> Callable[[], None]:
         """For the reader of a decoupled model: a request may outlive its batch (answered later
         from another thread), so its client leaving is watched for as long as it is in flight."""
-        flags = child.arena.view
-
         def tick() -> None:
             with self._lock:
                 jobs = list(self._jobs.items())
-            for rid, job in jobs:
-                if not job.done and job.cancelled():
-                    flags[rid % CANCEL_FLAGS] = 1
+            _raise_cancel_flags(child, jobs)
 
         return tick
 
@@ -320,7 +315,7 @@ class ProcessInstance:
 
     def _pump(self, child: _Child, finished: Callable[[], bool], tick: Callable[[], None] | None = None) -> None:
         """Read and handle the child's frames until ``finished()`` or the child ends; ``tick`` runs
-        every poll interval without a frame (the reader thread passes none and just blocks)."""
+        every poll interval without a frame (without one, the read just blocks)."""
         while not finished():
             if tick is not None:
                 readable, _, _ = select.select([child.sock], [], [], _CANCEL_POLL)
@@ -438,8 +433,7 @@ class ProcessInstance:
             error = f"process did not finalize within {FINALIZE_TIMEOUT:g} s; killed"
             child.kill()
         finally:
-            child.end()
-            self._child_ended(child)
+            self._child_ended(child)  # closes the socket and reaps the process
         if error:
             raise PythonModelError(error)
 
@@ -465,6 +459,15 @@ class ProcessInstance:
         child = self._child
         if child is not None:
             child.kill()
+
+
+def _raise_cancel_flags(child: _Child, jobs: list[tuple[int, ExecRequest]]) -> None:
+    """Raise the arena flag of each request whose client left (``request.is_cancelled()`` in the
+    child reads it)."""
+    flags = child.arena.view
+    for rid, job in jobs:
+        if not job.done and job.cancelled():
+            flags[rid % CANCEL_FLAGS] = 1
 
 
 def _never() -> bool:
