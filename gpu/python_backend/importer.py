@@ -48,7 +48,7 @@ def import_model_file(model_name: str, version: int, version_dir: str) -> tuple[
     with _import_lock:
         register_pb_utils()
         package = _version_package(model_name, version, version_dir)
-        gil_before, modules_before = _gil_enabled(), set(sys.modules)
+        gil_before, modules_before = _gil_enabled(), _module_names()
         try:
             module = _exec_model_file(package.__name__, path, version_dir)
             if not gil_before and _gil_enabled():
@@ -68,7 +68,7 @@ def import_model_file(model_name: str, version: int, version_dir: str) -> tuple[
 def _new_extensions(before: set[str]) -> list[str]:
     """Extension modules imported since ``before``: the candidates for turning the GIL on."""
     found = []
-    for name in sorted(set(sys.modules) - before):
+    for name in sorted(_module_names() - before):
         origin = getattr(sys.modules.get(name), "__file__", None) or ""
         if origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
             found.append(name)
@@ -181,5 +181,13 @@ def _import_sibling(full_name: str, table: dict[str, Any]) -> types.ModuleType:
 
 
 def drop_modules(prefix: str) -> None:
-    for name in [name for name in sys.modules if name == prefix or name.startswith(prefix + ".")]:
-        del sys.modules[name]
+    for name in _module_names():
+        if name == prefix or name.startswith(prefix + "."):
+            sys.modules.pop(name, None)
+
+
+def _module_names() -> set[str]:
+    """The names in ``sys.modules`` now. Other threads import while we look (other loads, lazy
+    imports); iterating the dict itself can then fail on a free-threaded build ("dictionary
+    changed size during iteration"), so it is copied first: ``dict.copy`` is one atomic step."""
+    return set(sys.modules.copy())

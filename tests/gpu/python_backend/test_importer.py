@@ -60,3 +60,35 @@ def test_a_model_that_keeps_the_gil_off_says_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "GIL False" in result.stdout
     assert "GIL on" not in result.stderr
+
+
+def test_importing_while_another_thread_imports_is_safe(tmp_path: Path) -> None:
+    """sys.modules is read while other threads import (other loads, lazy imports): on a
+    free-threaded build, iterating it directly can raise "dictionary changed size"."""
+    import threading
+
+    from evserve.gpu.python_backend.importer import drop_modules, import_model_file
+
+    version_dir = write_model(tmp_path, "import numpy")
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            sys.modules[f"_evserve_churn_{n % 64}"] = sys  # type: ignore[assignment]
+            sys.modules.pop(f"_evserve_churn_{(n + 32) % 64}", None)
+            n += 1
+
+    others = [threading.Thread(target=churn) for _ in range(2)]
+    for thread in others:
+        thread.start()
+    try:
+        for round_no in range(200):
+            package, _ = import_model_file("m", round_no + 1, str(version_dir))
+            drop_modules(package)
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join()
+        for n in range(64):
+            sys.modules.pop(f"_evserve_churn_{n}", None)
