@@ -318,7 +318,11 @@ class ProcessInstance:
         every poll interval without a frame (without one, the read just blocks)."""
         while not finished():
             if tick is not None:
-                readable, _, _ = select.select([child.sock], [], [], _CANCEL_POLL)
+                try:
+                    readable, _, _ = select.select([child.sock], [], [], _CANCEL_POLL)
+                except (OSError, ValueError):  # the socket was closed under us (finalize, kill)
+                    self._child_ended(child)
+                    return
                 if not readable:
                     tick()
                     continue
