@@ -37,7 +37,7 @@ from evserve.protocol.validate import (
     parse_shape,
 )
 
-__all__ = ["decode_infer_request", "encode_infer_response", "parse_header_length"]
+__all__ = ["check_request_parameter", "decode_infer_request", "encode_infer_response", "parse_header_length"]
 
 _INT32_MAX = 2**31 - 1
 _UINT64_MAX = 2**64 - 1
@@ -144,12 +144,13 @@ def _request_parameters(document: dict[str, Any]) -> tuple[dict[str, Any], bool]
                 raise BadRequest("Unable to parse 'binary_data_output'")
             binary_data_output = value
             continue
-        _check_parameter(key, value)
+        check_request_parameter(key, value)
         out[key] = value
     return out, binary_data_output
 
 
-def _check_parameter(key: str, value: object) -> None:
+def check_request_parameter(key: str, value: object) -> None:
+    """Refuse a request parameter Triton refuses: reserved keys, wrong types for its own keys."""
     if key == "sequence_id":
         ok = _is_uint64(value) or isinstance(value, str)
     elif key in ("sequence_start", "sequence_end"):

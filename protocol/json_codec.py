@@ -80,7 +80,7 @@ def loads(buf: bytes | bytearray | memoryview, *, depth_error: str = "") -> Any:
         raise BadRequest(f"failed to parse the request JSON buffer: {exc}") from None
 
 
-def _flatten(data: list[Any]) -> tuple[list[Any], set[type]]:
+def flatten(data: list[Any]) -> tuple[list[Any], set[type]]:
     """All scalars of a nested list in row-major order, and the set of their types."""
     depth = 1  # the elements of `data` sit one level inside the `data` array
     while True:
@@ -173,7 +173,7 @@ def array_from_data(plan: InputPlan, *, max_input_size: int, msgpack: bool = Fal
         )
     if not isinstance(plan.data, list):
         raise BadRequest(f"Unable to parse 'data' for input '{plan.name}': expected an array")
-    flat, types = _flatten(plan.data)
+    flat, types = flatten(plan.data)
     if len(flat) > plan.count:
         raise BadRequest(TOO_MUCH_DATA)
     if len(flat) < plan.count:

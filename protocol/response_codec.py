@@ -49,7 +49,7 @@ def _selected_outputs(resp: InferResponse, req: InferRequest) -> list[tuple[Outp
     return selected
 
 
-def _response_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+def response_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in parameters.items():
         if isinstance(value, np.generic):
@@ -72,7 +72,7 @@ def _head_fields(resp: InferResponse, req: InferRequest) -> dict[str, Any]:
         head["id"] = request_id
     head["model_name"] = resp.model_name
     head["model_version"] = str(resp.model_version)
-    parameters = _response_parameters(resp.parameters)
+    parameters = response_parameters(resp.parameters)
     if parameters:
         head["parameters"] = parameters
     return head
