@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="live connections across all threads (kept below the file-descriptor limit)")
     _flag(limits, "--http-max-pipelined-requests", type=int, default=defaults.max_pipelined_requests,
           help="requests parsed ahead per connection before reading pauses")
+    _flag(limits, "--http-stream-buffer-size", type=int, default=defaults.stream_buffer_size,
+          help="bytes of one stream's events that may wait for a slow reader before the model's send() "
+               f"waits (default {defaults.stream_buffer_size // MIB} MiB)")
     _flag(limits, "--max-queue-size", type=int, default=1024,
           help="inference requests queued per model instance before 503")
 
@@ -147,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_requests_per_connection=args.http_max_requests_per_connection,
         max_connections=args.http_max_connections,
         max_pipelined_requests=args.http_max_pipelined_requests,
+        stream_buffer_size=args.http_stream_buffer_size,
     )
     models = ModelManagerOptions(
         control_mode=args.model_control_mode,

@@ -49,6 +49,9 @@ class Limits:
     max_pipelined_requests: int = 32
     # Unparsed bytes kept while a connection is paused; reading pauses above it.
     read_high_water: int = 256 * 1024
+    # Events of one stream (generate_stream) waiting for a slow reader; the model's send() waits
+    # above it. Triton has no bound (it buffers every event); 1 MiB holds thousands of tokens.
+    stream_buffer_size: int = 1 * MIB
 
     def __post_init__(self) -> None:
         # A zero here leaves a server that refuses every request (or never answers one).
@@ -63,6 +66,7 @@ class Limits:
 _COUNTS = (
     "max_request_line", "max_header_field", "max_header_block", "max_headers", "max_input_size", "max_chunks",
     "max_requests_per_connection", "max_connections", "max_pipelined_requests", "read_high_water",
+    "stream_buffer_size",
 )
 _SECONDS = ("head_timeout", "body_timeout", "keepalive_timeout", "send_timeout")
 # Limits fields whose CLI flag is not simply --http-<field>.

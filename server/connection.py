@@ -64,6 +64,7 @@ from evserve.server.request_cycle import (
     rejection_for,
     too_large,
 )
+from evserve.server.stream_window import StreamWindow
 
 if TYPE_CHECKING:
     from evserve.server.config import Limits
@@ -195,10 +196,16 @@ class HttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The transport's write buffer passed its high-water mark: stop producing replies."""
         self._flow.pause_writing()
+        window = self._ticket.window if self._ticket is not None else None
+        if window is not None:
+            window.block()  # a streaming model waits in send() until the client reads
 
     def resume_writing(self) -> None:
         """The transport's write buffer drained below its low-water mark: take up the queue again."""
         self._flow.resume_writing()
+        window = self._ticket.window if self._ticket is not None else None
+        if window is not None:
+            window.unblock()
         self._schedule_resume()
 
     def data_received(self, data: bytes) -> None:
@@ -507,6 +514,13 @@ class HttpConnection(asyncio.Protocol):
         elif self._lifecycle < _CLOSING and not flow.write_paused:
             self._after_dispatch()  # what _resume would do with nothing queued, without a loop hop
 
+    def _open_window(self) -> StreamWindow:
+        """Ticket.open_window(): the stream's window, held shut while the transport is already full."""
+        window = StreamWindow(self._limits.stream_buffer_size)
+        if self._flow.write_paused:
+            window.block()
+        return window
+
     def _stream_start(self, ticket: Ticket, status: int, headers: list[tuple[str, str]]) -> None:
         if ticket is not self._ticket or self._transport is None or self._answer is not _PAUSED:
             return
@@ -520,6 +534,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport.write(head)
 
     def _stream_chunk(self, ticket: Ticket, data: bytes) -> None:
+        window = ticket.window
+        if window is not None:
+            window.release(len(data))  # out of the queue: into the transport's buffer, or dropped
         if ticket is self._ticket and self._answer is _STREAMING and self._transport is not None:
             self.owner.assert_owner()
             if self._current is not None and self._current.method == "HEAD":
@@ -531,6 +548,8 @@ class HttpConnection(asyncio.Protocol):
         if ticket is not self._ticket or self._answer is not _STREAMING or transport is None:
             return
         self.owner.assert_owner()
+        if ticket.window is not None:
+            ticket.window.close()
         req = self._current
         self._current = None
         self._ticket = None

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from evserve.protocol.errors import error_body
 from evserve.server.defer import DeferClosed
+from evserve.server.loop_thread import current_loop_thread
+from evserve.server.stream_window import StreamWindow
 
 if TYPE_CHECKING:
     from evserve.server.connection import HttpConnection
@@ -124,12 +126,14 @@ class Ticket:
     is dropped.
     """
 
-    __slots__ = ("_conn", "_seq", "_cancelled")
+    __slots__ = ("_conn", "_seq", "_cancelled", "window")
 
     def __init__(self, conn: HttpConnection, seq: int) -> None:
         self._conn = conn
         self._seq = seq
         self._cancelled = False
+        # The back-pressure of a streamed reply (stream_window.py); None for a complete reply.
+        self.window: StreamWindow | None = None
 
     @property
     def owner(self) -> LoopThread:
@@ -147,6 +151,9 @@ class Ticket:
         harmless.
         """
         self._cancelled = True
+        window = self.window
+        if window is not None:
+            window.close()  # a producer waiting for room wakes up, and sends nothing more
 
     def finish(self, response: Response) -> None:
         """Send the complete reply and resume the connection."""
@@ -156,12 +163,35 @@ class Ticket:
         except DeferClosed:
             self._cancelled = True  # as _defer: the loop has stopped, no one is left to answer
 
+    def open_window(self) -> StreamWindow:
+        """Bound what this ticket's stream may buffer (``--http-stream-buffer-size``); on the owning loop.
+
+        Called by the handler before the ticket leaves the loop thread, so a client that goes away
+        at any later moment finds the window and closes it (``cancel``).
+        """
+        self._conn.owner.assert_owner()
+        self.window = self._conn._open_window()
+        return self.window
+
     def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Start a chunked reply (for streams such as SSE); follow with send() and end()."""
         self._defer(self._conn._stream_start, self, status, headers)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> bool:
+        """Queue one chunk of the stream; False (and nothing sent) once the client has gone.
+
+        With a window open, this waits while the stream's buffered bytes are at their bound: the
+        caller is a model's thread, so the model's ``send`` waits for a slow reader instead of
+        the server buffering without limit. On a loop thread it never waits (that would stall
+        the very loop that drains the buffer).
+        """
+        if self._cancelled:
+            return False
+        window = self.window
+        if window is not None and not window.acquire(len(data), wait=current_loop_thread() is None):
+            return False
         self._defer(self._conn._stream_chunk, self, data)
+        return True
 
     def end(self) -> None:
         self._defer(self._conn._stream_end, self)

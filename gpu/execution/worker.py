@@ -63,18 +63,30 @@ class _Admitted:
         assert self._stats is not None
         now = _now_ns()
         started = self.t_start >= 0
-        if started:
+        ok = not isinstance(result, ProtocolError)
+        if _client_left(self.job):
+            # The client went away (a closed stream, a paused /infer whose socket closed): Triton's CANCELED.
+            ok, reason = False, "CANCELED"
+        elif started:
             reason = "BACKEND"
         else:
             reason = "CANCELED" if getattr(result, "message", "") == CANCELLED else "OTHER"
         self._stats.record_request(
-            not isinstance(result, ProtocolError),
+            ok,
             now - self.t_submit,
             (self.t_start - self.t_submit) if started else -1,
             (now - self.t_start) if started else -1,
             self.rows,
             reason,
         )
+
+
+def _client_left(job: ExecRequest) -> bool:
+    try:
+        return bool(job.cancelled())
+    except Exception:
+        _log.exception("cancelled() check failed")
+        return False
 
 
 class InstanceWorker:
