@@ -188,7 +188,8 @@ class ModelManager:
     def _record(self, name: str) -> ModelRecord:
         record = self._records.get(name)
         if record is None:
-            raise BadRequest(f"Request for unknown model: '{name}' is not found")
+            # 404, as the real Triton answers on infer, metadata, config and generate.
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
         return record
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
@@ -207,14 +208,14 @@ class ModelManager:
         return entry.served
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        """Whether the model (version) is READY; unknown model/version raise as :meth:`get`."""
-        record = self._record(name)
+        """Whether the model (version) is READY; False for an unknown model or version (Triton's /ready)."""
+        record = self._records.get(name)
+        if record is None:
+            return False
         if not version:
             return record.latest_ready is not None
         entry = record.versions.get(int(version)) if version.isdigit() else None
-        if entry is None:
-            raise NotFound(f"Request for unknown model: '{name}' version {version} is not found")
-        return entry.state == READY
+        return entry is not None and entry.state == READY
 
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Model metadata: the requested version, or every READY version with the latest's tensors."""

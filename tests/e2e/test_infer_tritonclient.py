@@ -155,9 +155,9 @@ def test_metadata_and_config(client: httpclient.InferenceServerClient) -> None:
 @pytest.mark.parametrize(
     ("call", "status", "message"),
     [
-        (lambda c: c.get_model_metadata("nope"), "400", "Request for unknown model: 'nope' is not found"),
+        (lambda c: c.get_model_metadata("nope"), "404", "Request for unknown model: 'nope' is not found"),
         (lambda c: c.get_model_metadata("simple", model_version="9"), "404", "version 9"),
-        (lambda c: c.infer("nope", _simple_inputs()), "400", "Request for unknown model"),
+        (lambda c: c.infer("nope", _simple_inputs()), "404", "Request for unknown model"),
     ],
 )
 def test_unknown_model_and_version(client: httpclient.InferenceServerClient, call: object, status: str,

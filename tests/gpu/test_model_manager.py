@@ -63,7 +63,7 @@ def test_explicit_mode_loads_only_the_named_models(tmp_path: Path, make_manager:
     assert manager.index() == [{"name": "a"}, {"name": "b", "version": "1", "state": "READY"}, {"name": "c"}]
     assert manager.index(ready_only=True) == [{"name": "b", "version": "1", "state": "READY"}]
     assert manager.ready()
-    with pytest.raises(BadRequest, match="Request for unknown model: 'a' is not found"):
+    with pytest.raises(NotFound, match="Request for unknown model: 'a' is not found"):
         manager.get("a")
 
 
@@ -171,16 +171,14 @@ def test_get_errors_follow_triton_texts_and_our_statuses(
     write_model(tmp_path, "m", versions=(1, 2, 3), extra="version_policy { specific { versions: [ 1, 3 ] } }\n")
     manager = make_manager(tmp_path, control_mode="explicit", startup_models=["m"])
     assert manager.get("m").version == 3 and manager.get("m", "1").version == 1
-    with pytest.raises(BadRequest) as unknown:
+    with pytest.raises(NotFound) as unknown:
         manager.get("nope")
-    assert unknown.value.status == 400 and unknown.value.message == "Request for unknown model: 'nope' is not found"
+    assert unknown.value.status == 404 and unknown.value.message == "Request for unknown model: 'nope' is not found"
     with pytest.raises(NotFound) as version:
         manager.get("m", "2")
     assert version.value.message == "Request for unknown model: 'm' version 2 is not found"
-    with pytest.raises(NotFound):
-        manager.model_ready("m", "7")
-    with pytest.raises(BadRequest):
-        manager.model_ready("nope")
+    # /ready answers 400 "Model version not ready" for both, as Triton does.
+    assert not manager.model_ready("m", "7") and not manager.model_ready("nope")
     manager.unload("m")
     with pytest.raises(Unavailable) as unready:
         manager.get("m", "3")
