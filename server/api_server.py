@@ -18,6 +18,7 @@ from evserve.protocol.errors import ProtocolError
 from evserve.protocol.paths import METHODS, ROUTES, Endpoint, Route, match
 from evserve.server.config import Config
 from evserve.server.exchange import Request, Response
+from evserve.server.generate_handlers import GenerateHandlers
 from evserve.server.http_server import HTTPServer
 from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool
@@ -77,6 +78,7 @@ class HTTPAPIServer(HTTPServer):
         # Two threads: decoding releases the GIL in zlib and NumPy; 64 jobs bound the memory held.
         self.offload = OffloadPool(threads=2, capacity=64)
         models = ModelHandlers(manager, config, self.offload)
+        generate = GenerateHandlers(manager, config, self.offload)
         repository = RepositoryHandlers(manager, self.offload, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
             Endpoint.HEALTH_LIVE: self._health_live,
@@ -87,6 +89,8 @@ class HTTPAPIServer(HTTPServer):
             Endpoint.MODEL_CONFIG: models.config,
             Endpoint.MODEL_STATS: models.stats,
             Endpoint.MODEL_INFER: models.infer,
+            Endpoint.MODEL_GENERATE: generate.generate,
+            Endpoint.MODEL_GENERATE_STREAM: generate.generate_stream,
             Endpoint.REPOSITORY_INDEX: repository.index,
             Endpoint.REPOSITORY_LOAD: repository.load,
             Endpoint.REPOSITORY_UNLOAD: repository.unload,

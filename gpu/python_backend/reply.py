@@ -106,7 +106,10 @@ def _model_parameters(parameters: dict[str, Any]) -> str:
     """JSON of the request parameters the model sees: all but those Triton consumes itself."""
     if not parameters:
         return "{}"
-    return json.dumps({key: value for key, value in parameters.items() if key not in _RESERVED_PARAMETERS})
+    # Compact, as Triton writes it: models that compare the string keep working.
+    return json.dumps(
+        {key: value for key, value in parameters.items() if key not in _RESERVED_PARAMETERS}, separators=(",", ":")
+    )
 
 
 def _correlation_id(parameters: dict[str, Any]) -> int | str:

@@ -45,17 +45,51 @@ instance_group [ { count: 2 kind: KIND_CPU } ]
 """
 
 
+# A decoupled model that streams three responses, each naming the thread that sent it.
+WHERE_STREAM_MODEL = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            for _ in range(3):
+                ident = np.array([threading.get_ident()], dtype=np.uint64)
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("THREAD", ident)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+WHERE_STREAM_CONFIG = """
+name: "where_stream"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "THREAD" data_type: TYPE_UINT64 dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture()
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
-    """(writing thread, owning loop thread) for every reply written."""
+    """(writing thread, owning loop thread) for every reply, stream head, event and stream end written."""
     seen: list[tuple[int, int | None]] = []
-    original = HttpConnection._write
 
-    def spy(self: HttpConnection, response: object, *, close: bool) -> None:
-        seen.append((threading.get_ident(), self.owner.ident))
-        original(self, response, close=close)  # type: ignore[arg-type]
+    def spying(name: str) -> None:
+        original = getattr(HttpConnection, name)
 
-    monkeypatch.setattr(HttpConnection, "_write", spy)
+        def spy(self: HttpConnection, *args: object, **kwargs: object) -> None:
+            seen.append((threading.get_ident(), self.owner.ident))
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(HttpConnection, name, spy)
+
+    for name in ("_write", "_stream_start", "_stream_chunk", "_stream_end"):
+        spying(name)
     monkeypatch.setattr(loop_thread, "DEBUG_OWNERSHIP", True)
     return seen
 
@@ -65,6 +99,9 @@ def server(tmp_path: Path, writes: list[tuple[int, int | None]]) -> Iterator[Ser
     (tmp_path / "where" / "1").mkdir(parents=True)
     (tmp_path / "where" / "config.pbtxt").write_text(WHERE_CONFIG)
     (tmp_path / "where" / "1" / "model.py").write_text(WHERE_MODEL)
+    (tmp_path / "where_stream" / "1").mkdir(parents=True)
+    (tmp_path / "where_stream" / "config.pbtxt").write_text(WHERE_STREAM_CONFIG)
+    (tmp_path / "where_stream" / "1" / "model.py").write_text(WHERE_STREAM_MODEL)
     config = Config(
         http_address="127.0.0.1", http_port=0, metrics_port=0, threads=3, cap_threads_to_cores=False,
         model_repositories=(str(tmp_path),),
@@ -96,3 +133,25 @@ def test_execute_runs_on_workers_and_replies_on_the_owning_loop(
     assert len(writes) >= 30
     assert all(writer == owner for writer, owner in writes), "a reply was written off its owning loop thread"
     assert {owner for _, owner in writes} == loop_idents, "six connections should spread over all three loops"
+
+
+def test_stream_events_are_written_by_the_owning_loop(server: Server, writes: list[tuple[int, int | None]]) -> None:
+    """generate_stream: the model sends from its worker; head, events and end are written by the owner."""
+    loop_idents = {thread.ident for thread in server.api.loops}
+    stream = request("POST", "/v2/models/where_stream/generate_stream", body=b'{"IN": 1}')
+    clients = [Client(server.api.port) for _ in range(6)]
+    sent_from = set()
+    for _ in range(3):
+        for client in clients:
+            reply = client.exchange(stream)
+            assert reply.status == 200, reply.body
+            events = [json.loads(line[len(b"data: "):]) for line in reply.body.split(b"\n\n") if line]
+            assert len(events) == 3
+            sent_from.update(int(event["THREAD"]) for event in events)
+    for client in clients:
+        client.close()
+
+    assert sent_from and not sent_from & loop_idents, "the model must never send from a loop thread"
+    assert len(writes) >= 18 * 5  # per stream: the head, three events, the end
+    assert all(writer == owner for writer, owner in writes), "a stream was written off its owning loop thread"
+    assert {owner for _, owner in writes} == loop_idents

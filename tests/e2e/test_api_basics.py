@@ -119,16 +119,25 @@ def test_model_ready(server: EvserveProcess) -> None:
     assert call(server.port, "GET", "/v2/models/simple/versions/1/ready").status == 200
 
 
-def test_unknown_model_ready_is_400(server: EvserveProcess) -> None:
-    reply = call(server.port, "GET", "/v2/models/nope/ready")
-    assert reply.status == 400
-    assert "Request for unknown model" in reply.error and "'nope'" in reply.error
+def test_unknown_model_or_version_ready_is_400_not_ready(server: EvserveProcess) -> None:
+    """Triton 2.51 answers /ready for an unknown model or version 400 "Model version not ready"."""
+    for path in ("/v2/models/nope/ready", "/v2/models/nope/versions/1/ready", "/v2/models/simple/versions/9/ready"):
+        reply = call(server.port, "GET", path)
+        assert (reply.status, reply.error) == (400, "Model version not ready"), path
 
 
-def test_unknown_version_ready_is_404(server: EvserveProcess) -> None:
-    reply = call(server.port, "GET", "/v2/models/simple/versions/9/ready")
-    assert reply.status == 404
-    assert "version 9" in reply.error
+def test_unknown_model_is_404_on_metadata_config_infer_generate(server: EvserveProcess) -> None:
+    """The real Triton binary answers 404 NOT_FOUND here (PROTOCOL.md Appendix B.2)."""
+    unknown = "Request for unknown model: 'nope' is not found"
+    for method, path, body in (
+        ("GET", "/v2/models/nope", None),
+        ("GET", "/v2/models/nope/config", None),
+        ("POST", "/v2/models/nope/infer", b'{"inputs": []}'),
+        ("POST", "/v2/models/nope/generate", b"{}"),
+        ("POST", "/v2/models/nope/generate_stream", b"{}"),
+    ):
+        reply = call(server.port, method, path, body)
+        assert (reply.status, reply.error) == (404, unknown), path
 
 
 def test_model_config(server: EvserveProcess) -> None:
