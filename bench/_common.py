@@ -473,3 +473,34 @@ def _jsonable(value: object) -> object:
 
 def fmt(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+# --- the real Triton -----------------------------------------------------------------------------
+
+def find_triton(requested: str | None) -> tuple[Path | None, str]:
+    """The triton-reference tool, set up (its first run downloads the wheel), or None and why not."""
+    if requested == "none":
+        return None, "skipped (--no-triton)"
+    candidates = [requested] if requested else [
+        os.environ.get("TRITON_REFERENCE"),
+        str(BENCH_DIR.parent / "shared/tools/triton-reference"),
+        str(BENCH_DIR.parent.parent / "shared/tools/triton-reference"),
+    ]
+    tool = next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+    if tool is None:
+        return None, "skipped: no triton-reference tool (pass --triton PATH)"
+    try:
+        done = subprocess.run([str(tool)], env={**os.environ, "TRITON_REAL_SETUP_ONLY": "1"},
+                              capture_output=True, text=True, timeout=900, check=False)
+    except subprocess.TimeoutExpired:
+        return None, "skipped: triton-reference setup took over 15 min"
+    if done.returncode != 0:
+        return None, f"skipped: triton-reference setup failed: {(done.stderr or done.stdout).strip()[-200:]}"
+    return tool, f"Triton 2.51 from {done.stdout.strip()}"
+
+
+def triton_argv(tool: Path, repo: Path, port: int) -> list[str]:
+    """tritonserver with its default HTTP thread count (8); gRPC and metrics off, as evserve runs here."""
+    return [str(tool), "--model-repository", str(repo), "--http-port", str(port),
+            "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--allow-grpc=false", "--allow-metrics=false"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from _common import BENCH_DIR, HOST, BenchError, taskset
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOADGEN_SOURCE = BENCH_DIR / "loadgen.c"
 
@@ -53,19 +54,36 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by ``root`` and all its descendants (threads included, as /proc sums them)."""
-    table = _process_table()
+def tree_pids(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    """``root`` and all its live descendants."""
+    table = _process_table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    ticks, todo = 0, [root]
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
         if pid in table:
-            ticks += table[pid][1]
+            pids.append(pid)
             todo.extend(children.get(pid, ()))
-    return ticks / CLOCK_TICKS
+    return pids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and all its descendants (threads included, as /proc sums them)."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in tree_pids(root, table)) / CLOCK_TICKS
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (Triton's model stubs are processes of their own)."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 def cores_busy_seconds(cores: Sequence[int]) -> float:
