@@ -445,6 +445,31 @@ def test_closing_a_paused_infer_cancels_it(server: EvserveProcess, markers: Path
     assert seen["cancelled"] and seen["cancelled_at"] - closed_at < 0.5, seen
 
 
+def _open_fds_and_threads(pid: int) -> tuple[int, int]:
+    threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("Threads:"))
+    return len(list(Path(f"/proc/{pid}/fd").iterdir())), threads
+
+
+def test_cancelled_streams_leave_nothing_behind(server: EvserveProcess) -> None:
+    assert server.proc is not None
+    pid = server.proc.pid
+    generate(server.port, "watch", {"IN": 0}, stream=False)  # warm: the model's first request is done
+    failures = _failure_count(server.port, "watch")
+    before = _open_fds_and_threads(pid)
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(request("POST", "/v2/models/watch/generate_stream", body=b'{"IN": 1}'))
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        sock.close()
+    wait_for(lambda: _failure_count(server.port, "watch") >= failures + 20, 30, "20 cancelled streams")
+    # No more than before (a connection of an earlier test may still have been closing then).
+    wait_for(lambda: all(now <= was for now, was in zip(_open_fds_and_threads(pid), before, strict=True)), 5,
+             f"fds and threads back to {before} (now {_open_fds_and_threads(pid)})")
+
+
 # ------------------------------------------------------------------------------ back-pressure
 
 

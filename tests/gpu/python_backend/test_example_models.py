@@ -18,7 +18,10 @@ from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 
-MODELS = {"simple", "simple_string", "simple_identity", "identity_fp32", "identity_all", "gpu_add", "repeat_int32", "text_stream"}
+MODELS = {
+    "simple", "simple_string", "simple_identity", "identity_fp32", "identity_all", "gpu_add", "repeat_int32",
+    "text_stream",
+}
 
 
 def load_example(name: str, *, gpu_count: int = 0) -> tuple[ModelConfig, PythonModelInstance]:
