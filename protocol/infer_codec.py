@@ -26,6 +26,8 @@ from evserve.protocol.errors import BadRequest
 from evserve.protocol.json_codec import NESTING_MESSAGE, array_from_data
 from evserve.protocol.request_plan import decode_common
 from evserve.protocol.response_codec import encode_infer_response
+from evserve.protocol.shared_memory import KEYS as SHM_KEYS
+from evserve.protocol.shared_memory import Resolver, check_output_ref, shm_ref, unresolvable
 from evserve.protocol.types import InferRequest, InputTensor, ModelSignature, RequestedOutput
 from evserve.protocol.validate import (
     InputPlan,
@@ -75,12 +77,14 @@ def decode_infer_request(
     msgpack: bool,
     signature: ModelSignature,
     max_input_size: int,
+    shm: Resolver = unresolvable,
 ) -> InferRequest:
     """Decode and validate one ``/infer`` body for the model version ``signature`` describes.
 
     ``header_length`` is the parsed Inference-Header-Content-Length (see
     :func:`parse_header_length`): None for a head-only body, 0 for a raw request, N for a
     head of N bytes followed by binary tensors. ``msgpack`` says the head is msgpack.
+    ``shm`` resolves the client shared-memory regions that inputs and outputs name.
     """
     view = memoryview(body)
     if view.format != "B" or view.ndim != 1:
@@ -110,7 +114,10 @@ def decode_infer_request(
     plans = _input_plans(document)
     request.outputs = _requested_outputs(document, signature)
     check_inputs(plans, signature)
-    request.inputs = _build_inputs(plans, view[head_length:], signature.name, max_input_size, msgpack)
+    request.inputs = _build_inputs(plans, view[head_length:], signature.name, max_input_size, msgpack, shm)
+    for output in request.outputs or ():
+        if output.shm_ref is not None:
+            output.shm = shm(output.shm_ref)
     return request
 
 
@@ -223,16 +230,12 @@ def _input_plan(entry: dict[str, Any]) -> InputPlan:
         raise BadRequest("Unable to parse 'datatype'")
     shape = parse_shape(name, entry.get("shape"))
     plan = InputPlan(name, datatype, shape, element_count(name, shape), data=entry.get("data"))
-    if "shared_memory_region" in params:
-        raise BadRequest(
-            f"input '{name}' refers to shared memory region '{params['shared_memory_region']}', but this server does "
-            "not support shared memory yet; send the tensor in the request body"
-        )
+    plan.shm = shm_ref(params)
     if "binary_data_size" in params:
         if not _is_uint64(params["binary_data_size"]):
             raise BadRequest("Unable to parse 'binary_data_size'")
         plan.binary_size = params["binary_data_size"]
-    plan.parameters = {k: v for k, v in params.items() if k != "binary_data_size"}
+    plan.parameters = {k: v for k, v in params.items() if k != "binary_data_size" and k not in SHM_KEYS}
     return plan
 
 
@@ -250,19 +253,15 @@ def _requested_output(entry: dict[str, Any]) -> RequestedOutput:
     name = entry.get("name")
     if not isinstance(name, str):
         raise BadRequest("Unable to parse 'name'")
-    if "shared_memory_region" in params:
-        raise BadRequest(
-            f"output '{name}' asks for shared memory region '{params['shared_memory_region']}', but this server does "
-            "not support shared memory yet"
-        )
+    shm = check_output_ref(name, params)
     binary = params.get("binary_data", False)
     if type(binary) is not bool:
         raise BadRequest("Unable to parse 'binary_data'")
     classification = params.get("classification", 0)
     if not _is_uint64(classification):
         raise BadRequest("Unable to set 'classification'")
-    rest = {k: v for k, v in params.items() if k not in ("binary_data", "classification")}
-    return RequestedOutput(name, binary, classification, rest)
+    rest = {k: v for k, v in params.items() if k not in ("binary_data", "classification") and k not in SHM_KEYS}
+    return RequestedOutput(name, binary, classification, rest, shm_ref=shm)
 
 
 def _plan_sections(plans: list[InputPlan], binary: memoryview, model: str, max_input_size: int) -> list[int | None]:
@@ -273,7 +272,7 @@ def _plan_sections(plans: list[InputPlan], binary: memoryview, model: str, max_i
         expected = expected_byte_size(plan)
         if plan.binary_size is None:
             offsets.append(None)
-            if expected is not None and not isinstance(plan.data, bytes):
+            if expected is not None and plan.shm is None and not isinstance(plan.data, bytes):
                 check_json_size(plan, expected, max_input_size)
             continue
         available = binary.nbytes - used
@@ -295,12 +294,15 @@ def _plan_sections(plans: list[InputPlan], binary: memoryview, model: str, max_i
 
 
 def _build_inputs(
-    plans: list[InputPlan], binary: memoryview, model: str, max_input_size: int, msgpack: bool
+    plans: list[InputPlan], binary: memoryview, model: str, max_input_size: int, msgpack: bool, shm: Resolver
 ) -> list[InputTensor]:
     offsets = _plan_sections(plans, binary, model, max_input_size)
     tensors: list[InputTensor] = []
     for plan, offset in zip(plans, offsets, strict=True):
-        if offset is not None:
+        if plan.shm is not None:
+            # A view of the mapping: the model reads the client's bytes where they are.
+            array = array_from_bytes(plan, shm(plan.shm), 0, plan.shm.byte_size, model)
+        elif offset is not None:
             array = array_from_bytes(plan, binary, offset, plan.binary_size or 0, model)
         elif msgpack and isinstance(plan.data, bytes):
             array = array_from_bytes(plan, memoryview(plan.data), 0, len(plan.data), model)

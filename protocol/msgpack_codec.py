@@ -63,13 +63,13 @@ def _bin_header(length: int) -> bytes:
 
 
 def pack_reply(
-    head: Mapping[str, Any], outputs: Iterable[tuple[Mapping[str, Any], bytes | memoryview]]
+    head: Mapping[str, Any], outputs: Iterable[tuple[Mapping[str, Any], bytes | memoryview | None]]
 ) -> list[bytes | memoryview]:
     """The reply map as buffers for ``writelines``: ``head`` fields, then ``outputs``.
 
-    Each output is its metadata map plus a payload written as the ``data`` bin. Payloads
-    are passed through as they are (no copy of tensor bytes); the small msgpack pieces
-    between them are merged.
+    Each output is its metadata map plus a payload written as the ``data`` bin (None: no
+    ``data``, for an output written to shared memory). Payloads are passed through as they are
+    (no copy of tensor bytes); the small msgpack pieces between them are merged.
     """
     packer = msgpack.Packer(use_bin_type=True)
     outputs = list(outputs)
@@ -81,10 +81,12 @@ def pack_reply(
     pending += packer.pack("outputs")
     pending += packer.pack_array_header(len(outputs))
     for meta, payload in outputs:
-        pending += packer.pack_map_header(len(meta) + 1)
+        pending += packer.pack_map_header(len(meta) + (payload is not None))
         for key, value in meta.items():
             pending += packer.pack(key)
             pending += packer.pack(value)
+        if payload is None:
+            continue
         size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         pending += packer.pack("data")
         pending += _bin_header(size)

@@ -30,22 +30,26 @@ from evserve.protocol.compression import choose_encoding, compress
 from evserve.protocol.datatypes import NATIVE_DATATYPES
 from evserve.protocol.errors import ProtocolError, Unsupported
 from evserve.protocol.json_codec import data_json
+from evserve.protocol.shared_memory import write_output
 from evserve.protocol.types import EncodedReply, InferRequest, InferResponse, OutputTensor
 
 _SCALARS = (bool, int, float, str)
 
 
-def _selected_outputs(resp: InferResponse, req: InferRequest) -> list[tuple[OutputTensor, bool, int]]:
-    """(output, binary?, classification count) for every output the reply carries."""
+_Selected = tuple[OutputTensor, bool, int, "memoryview | None"]
+
+
+def _selected_outputs(resp: InferResponse, req: InferRequest) -> list[_Selected]:
+    """(output, binary?, classification count, shared-memory bytes) for every output the reply carries."""
     if req.outputs is None:
         binary = req.binary_data_output or req.raw
-        return [(output, binary, 0) for output in resp.outputs]
+        return [(output, binary, 0, None) for output in resp.outputs]
     wanted = {requested.name: requested for requested in req.outputs}
     selected = []
     for output in resp.outputs:
         requested = wanted.get(output.name)
         if requested is not None:
-            selected.append((output, requested.binary or req.raw, requested.classification))
+            selected.append((output, requested.binary or req.raw, requested.classification, requested.shm))
     return selected
 
 
@@ -82,15 +86,25 @@ def _output_meta(output: OutputTensor) -> dict[str, Any]:
     return {"name": output.name, "datatype": output.datatype, "shape": [int(d) for d in output.shape]}
 
 
+def _to_region(output: OutputTensor, region: memoryview) -> None:
+    """Write an output's wire bytes (BYTES: length-prefixed, as Triton) into its shared-memory bytes."""
+    payload = tensor_buffer(output.datatype, output_array(output))
+    write_output(output.name, region, payload, payload.nbytes if isinstance(payload, memoryview) else len(payload))
+
+
 def _json_body(
-    head: dict[str, Any], outputs: Sequence[tuple[OutputTensor, bool]]
+    head: dict[str, Any], outputs: Sequence[tuple[OutputTensor, bool, memoryview | None]]
 ) -> tuple[list[bytes | memoryview], int | None]:
     """Buffers of the JSON (+binary) body, and the head length when anything is binary."""
     entries: list[bytes] = []
     payloads: list[bytes | memoryview] = []
     any_binary = False
-    for output, binary in outputs:
+    for output, binary, region in outputs:
         meta = _output_meta(output)
+        if region is not None:
+            _to_region(output, region)  # the reply says only name, datatype and shape
+            entries.append(orjson.dumps(meta))
+            continue
         flat = output_array(output)
         if binary:
             any_binary = True
@@ -108,8 +122,16 @@ def _json_body(
     return [json_head, *payloads], (len(json_head) if any_binary else None)
 
 
-def _msgpack_body(head: dict[str, Any], outputs: Sequence[tuple[OutputTensor, bool]]) -> list[bytes | memoryview]:
-    packed = [(_output_meta(output), tensor_buffer(output.datatype, output_array(output))) for output, _ in outputs]
+def _msgpack_body(
+    head: dict[str, Any], outputs: Sequence[tuple[OutputTensor, bool, memoryview | None]]
+) -> list[bytes | memoryview]:
+    packed: list[tuple[dict[str, Any], bytes | memoryview | None]] = []
+    for output, _, region in outputs:
+        if region is not None:
+            _to_region(output, region)
+            packed.append((_output_meta(output), None))
+        else:
+            packed.append((_output_meta(output), tensor_buffer(output.datatype, output_array(output))))
     return msgpack_codec.pack_reply(head, packed)
 
 
@@ -151,8 +173,8 @@ def encode_infer_response(
             return common
     labels = labels or {}
     outputs = [
-        (classify(output, top, batched=batched, labels=labels.get(output.name)) if top else output, binary)
-        for output, binary, top in _selected_outputs(resp, req)
+        (classify(output, top, batched=batched, labels=labels.get(output.name)) if top else output, binary, region)
+        for output, binary, top, region in _selected_outputs(resp, req)
     ]
     head = _head_fields(resp, req)
     headers: list[tuple[str, str]]
@@ -198,7 +220,7 @@ def encode_common(resp: InferResponse, req: InferRequest) -> EncodedReply | None
             choice = wanted.get(output.name)
             if choice is None:
                 continue
-            if choice.classification:
+            if choice.classification or choice.shm is not None:
                 return None
             binary = choice.binary
         data = output.data

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from evserve.protocol.shared_memory import ShmRef
+
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -75,6 +77,9 @@ class RequestedOutput:
     # Top-N classification requested through `parameters.classification`; 0 = off.
     classification: int = 0
     parameters: dict[str, Any] = field(default_factory=dict)
+    # The client shared-memory region this output goes to (then it carries no data), and its bytes.
+    shm_ref: ShmRef | None = None
+    shm: memoryview | None = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from evserve.protocol.datatypes import itemsize
 from evserve.protocol.errors import BadRequest
+from evserve.protocol.shared_memory import ShmRef
 from evserve.protocol.types import ModelSignature, TensorSpec
 
 # Triton allows 64 dimensions; no real model needs more than a handful, and every extra
@@ -45,6 +46,8 @@ class InputPlan:
     parameters: dict[str, Any] = field(default_factory=dict)
     data: Any = None
     binary_size: int | None = None
+    # Set when the tensor lives in a client shared-memory region (protocol/shared_memory.py).
+    shm: ShmRef | None = None
 
 
 def dims_string(dims: Sequence[int]) -> str:

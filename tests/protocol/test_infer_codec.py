@@ -837,14 +837,16 @@ _TRITON_TYPES = identity("INT32", (-1,))
             "Unable to set 'classification'",
         ),
         (
-            {"inputs": simple_inputs(), "outputs": [{"name": "OUTPUT0", "parameters": {"shared_memory_region": "r"}}]},
+            {"inputs": simple_inputs(), "outputs": [
+                {"name": "OUTPUT0", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 64,
+                                                 "binary_data": True}}]},
             SIMPLE,
-            "output 'OUTPUT0' asks for shared memory region 'r', but this server does not support shared memory yet",
+            "Output can't set both 'shared_memory_region' and 'binary_data'",
         ),
         (
-            {"inputs": [_input(parameters={"shared_memory_region": "r", "shared_memory_byte_size": 64})]},
+            {"inputs": [_input(parameters={"shared_memory_region": "r", "shared_memory_offset": -1})]},
             SIMPLE,
-            "input 'INPUT0' refers to shared memory region 'r', but this server does not support shared memory yet",
+            "Unable to parse 'shared_memory_offset'",
         ),
     ],
 )
