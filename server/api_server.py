@@ -14,6 +14,7 @@ from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING
 
+from evserve.gpu.shared_memory import RegionRegistry
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.paths import METHODS, ROUTES, Endpoint, Route, match
 from evserve.server.config import Config
@@ -25,6 +26,7 @@ from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
 from evserve.server.responses import empty_reply, error_reply, json_reply
 from evserve.server.runtime import loop_thread_count
+from evserve.server.shm_handlers import SharedMemoryHandlers
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -38,6 +40,8 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
     "schedule_policy",
     "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
     "binary_tensor_data",
     "parameters",
     "statistics",
@@ -77,7 +81,11 @@ class HTTPAPIServer(HTTPServer):
         )
         # Two threads: decoding releases the GIL in zlib and NumPy; 64 jobs bound the memory held.
         self.offload = OffloadPool(threads=2, capacity=64)
-        models = ModelHandlers(manager, config, self.offload)
+        self.shm_regions = RegionRegistry(
+            max_regions=config.client_shm_max_regions, max_region_bytes=config.client_shm_max_region_size
+        )
+        shm = SharedMemoryHandlers(self.shm_regions, self.offload, allowed=config.allow_client_shm)
+        models = ModelHandlers(manager, config, self.offload, self.shm_regions)
         generate = GenerateHandlers(manager, config, self.offload)
         repository = RepositoryHandlers(manager, self.offload, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
@@ -91,6 +99,8 @@ class HTTPAPIServer(HTTPServer):
             Endpoint.MODEL_INFER: models.infer,
             Endpoint.MODEL_GENERATE: generate.generate,
             Endpoint.MODEL_GENERATE_STREAM: generate.generate_stream,
+            Endpoint.SYSTEM_SHM: shm.handle,
+            Endpoint.CUDA_SHM: shm.handle,
             Endpoint.REPOSITORY_INDEX: repository.index,
             Endpoint.REPOSITORY_LOAD: repository.load,
             Endpoint.REPOSITORY_UNLOAD: repository.unload,
@@ -100,6 +110,7 @@ class HTTPAPIServer(HTTPServer):
     def stop(self, timeout: float) -> None:
         super().stop(timeout)
         self.offload.shutdown()
+        self.shm_regions.close()
 
     def handle(self, request: Request) -> Response | None:
         path = request.path

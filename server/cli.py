@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(metrics, "--metrics-port", type=int, default=8002, help="metrics port (default 8002)")
     _flag(metrics, "--metrics-address", type=address, default=None, help="default: --http-address")
 
+    shm = parser.add_argument_group("client shared memory")
+    _bool_flag(shm, "--allow-client-shm", False,
+               "serve the shared-memory register/unregister APIs (default false, as Triton 2.73)")
+    _flag(shm, "--client-shm-max-regions", type=int, default=1024, help="registered regions at most (default 1024)")
+    _flag(shm, "--client-shm-max-region-size", type=int, default=16 * 1024 * MIB,
+          help="bytes of one registered region at most (default 16 GiB)")
+
     models = parser.add_argument_group("models")
     _flag(models, "--model-repository", "--model-store", dest="model_repository", action="append", default=[],
           help="a Triton model repository (repeatable); default: the bundled example repository")
@@ -172,6 +179,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         reuse_port=args.reuse_http_port,
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
+        allow_client_shm=args.allow_client_shm,
+        client_shm_max_regions=args.client_shm_max_regions,
+        client_shm_max_region_size=args.client_shm_max_region_size,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
         exit_timeout=args.exit_timeout_secs,

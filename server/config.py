@@ -100,6 +100,10 @@ class Config:
     # Models: where they are, and how the model manager treats them (Triton's model flags).
     model_repositories: tuple[str, ...] = ()
     models: ModelManagerOptions = field(default_factory=ModelManagerOptions)
+    # Client shared memory (Triton 2.73: off by default; a region lets a client map into the server).
+    allow_client_shm: bool = False
+    client_shm_max_regions: int = 1024
+    client_shm_max_region_size: int = 16 * 1024 * MIB
     # Runs load/unload on the loop thread, as Triton does. Only for demonstrating the starvation
     # bug (the test suite proves its own test catches it); never use it to serve.
     sync_model_control: bool = False
@@ -109,6 +113,8 @@ class Config:
             raise ValueError("--http-thread-count must be at least 1")
         if self.exit_timeout < 0:
             raise ValueError("--exit-timeout-secs must not be negative")
+        if self.client_shm_max_regions < 1 or self.client_shm_max_region_size < 1:
+            raise ValueError("--client-shm-max-regions and --client-shm-max-region-size must be greater than 0")
         for port in (self.http_port, self.metrics_port):
             if not 0 <= port <= 65535:
                 raise ValueError(f"invalid port {port}")

@@ -17,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, ServedModel
+from evserve.gpu.shared_memory import Leases, RegionRegistry
 from evserve.protocol.compression import decompress
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.infer_codec import decode_infer_request, encode_infer_response, parse_header_length
@@ -41,10 +42,11 @@ def is_msgpack(request: Request) -> bool:
 
 
 class ModelHandlers:
-    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool) -> None:
+    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool, shm: RegionRegistry) -> None:
         self.manager = manager
         self.max_input_size = config.limits.max_input_size
         self.offload = offload
+        self.shm = shm
 
     def metadata(self, request: Request, route: Route) -> Response:
         assert route.model is not None
@@ -84,45 +86,57 @@ class ModelHandlers:
                 if name in request.repeated:
                     return Response.error(400, f"more than one {name} header")
         body = _InferBody(request)
+        # The shared-memory regions the request names stay mapped until its reply is encoded.
+        leases = Leases(self.shm)
         if body.heavy:
             # Decompression or a large JSON parse would stall this loop's other connections.
             ticket = request.pause()
             try:
-                self.offload.submit(self._decode_and_submit, ticket, version, body)
+                self.offload.submit(self._decode_and_submit, ticket, version, body, leases)
             except ProtocolError as exc:
                 ticket.finish(error_reply(exc))
             return None
-        infer_request = self._decode(version, body)
+        infer_request = self._decode(version, body, leases)
         # Submitted once this loop iteration's requests are all decoded: one worker wake-up per burst.
-        request.owner.after_burst(self._submit, request.pause(), version, infer_request, body.accept_encoding)
+        request.owner.after_burst(
+            self._submit, request.pause(), version, infer_request, body.accept_encoding, leases
+        )
         return None
 
-    def _decode(self, version: ServedModel, body: _InferBody) -> InferRequest:
-        data = decompress(body.data, body.content_encoding, self.max_input_size)
-        return decode_infer_request(
-            data,
-            header_length=parse_header_length(body.header_length, len(data)),
-            msgpack=body.msgpack,
-            signature=version.signature,
-            max_input_size=self.max_input_size,
-        )
+    def _decode(self, version: ServedModel, body: _InferBody, leases: Leases) -> InferRequest:
+        try:
+            data = decompress(body.data, body.content_encoding, self.max_input_size)
+            return decode_infer_request(
+                data,
+                header_length=parse_header_length(body.header_length, len(data)),
+                msgpack=body.msgpack,
+                signature=version.signature,
+                max_input_size=self.max_input_size,
+                shm=leases,
+            )
+        except BaseException:
+            leases.release()
+            raise
 
-    def _decode_and_submit(self, ticket: Ticket, version: ServedModel, body: _InferBody) -> None:
+    def _decode_and_submit(self, ticket: Ticket, version: ServedModel, body: _InferBody, leases: Leases) -> None:
         """On the offload pool: decode, then queue for the model like the inline path."""
         try:
-            infer_request = self._decode(version, body)
+            infer_request = self._decode(version, body, leases)
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
             return
-        self._submit(ticket, version, infer_request, body.accept_encoding)
+        self._submit(ticket, version, infer_request, body.accept_encoding, leases)
 
     @staticmethod
-    def _submit(ticket: Ticket, version: ServedModel, infer_request: InferRequest, accept: str | None) -> None:
-        completion = _Completion(ticket, infer_request, accept, version)
+    def _submit(
+        ticket: Ticket, version: ServedModel, infer_request: InferRequest, accept: str | None, leases: Leases
+    ) -> None:
+        completion = _Completion(ticket, infer_request, accept, version, leases)
         job = ExecRequest(request=infer_request, complete=completion, cancelled=ticket.cancelled)
         try:
             version.submit(job)
         except ProtocolError as exc:
+            leases.release()
             ticket.finish(error_reply(exc))
 
 
@@ -159,13 +173,16 @@ class _InferBody:
 class _Completion:
     """Runs on the worker thread when the model has answered: encode, then defer the reply."""
 
-    __slots__ = ("ticket", "request", "accept_encoding", "served")
+    __slots__ = ("ticket", "request", "accept_encoding", "served", "leases")
 
-    def __init__(self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, served: ServedModel) -> None:
+    def __init__(
+        self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, served: ServedModel, leases: Leases
+    ) -> None:
         self.ticket = ticket
         self.request = request
         self.accept_encoding = accept_encoding
         self.served = served
+        self.leases = leases
 
     def _labels(self) -> dict[str, list[str]] | None:
         """Class labels for classification outputs, read here on the worker thread (disk I/O)."""
@@ -178,6 +195,12 @@ class _Completion:
         return {name: self.served.labels(name) for name in wanted}
 
     def __call__(self, result: InferResponse | ProtocolError) -> None:
+        try:
+            self._answer(result)
+        finally:
+            self.leases.release()  # outputs are in their regions now; an unregistered region may go
+
+    def _answer(self, result: InferResponse | ProtocolError) -> None:
         if isinstance(result, ProtocolError):
             self.ticket.finish(error_reply(result))
             return

@@ -45,3 +45,18 @@ def test_model_control_client_runs_unchanged() -> None:
         done = _run("simple_http_model_control.py", server)
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         assert "PASS: model control" in done.stdout
+
+
+SHARED_MEMORY_CLIENTS = (
+    "simple_http_shm_client.py",
+    "simple_http_shm_string_client.py",
+    "reuse_infer_objects_client.py",  # imports tritonclient.grpc, then speaks HTTP
+)
+
+
+def test_shared_memory_clients_run_unchanged() -> None:
+    pytest.importorskip("tritonclient.grpc", reason="reuse_infer_objects_client.py imports tritonclient.grpc")
+    with EvserveProcess("--server-name", "triton", "--allow-client-shm=true") as server:
+        for script in SHARED_MEMORY_CLIENTS:
+            done = _run(script, server)
+            assert done.returncode == 0, f"{script}:\n{done.stdout}\n{done.stderr}"
