@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 
-from evserve.protocol.errors import BadRequest, PayloadTooLarge, Unsupported
+from evserve.protocol.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # The reply header that tells a client what it may send instead.
 ACCEPT_ENCODING_HEADER: tuple[tuple[str, str], ...] = (("Accept-Encoding", "gzip, deflate"),)
@@ -39,7 +39,11 @@ COMPRESS_LEVEL = 1
 
 
 def _request_coding(content_encoding: str | None) -> str | None:
-    """The one coding to undo, None for identity; 501 for anything else or for layers."""
+    """The one coding to undo, None for identity; 415 for anything else or for layers.
+
+    Triton answers 501; the real binary's qa and RFC 9110 §15.5.16 agree a coding the server
+    does not undo is the client's to change (415 with the codings it accepts), not a 5xx.
+    """
     if content_encoding is None:
         return None
     codings = [c.strip().lower() for c in content_encoding.split(",")]
@@ -47,7 +51,7 @@ def _request_coding(content_encoding: str | None) -> str | None:
     if not codings:
         return None
     if len(codings) > 1 or codings[0] not in _CODINGS:
-        raise Unsupported("Unsupported compression type", headers=ACCEPT_ENCODING_HEADER)
+        raise UnsupportedMediaType("Unsupported compression type", headers=ACCEPT_ENCODING_HEADER)
     return codings[0]
 
 

@@ -79,6 +79,10 @@ class Unsupported(ProtocolError):
     status = 501
 
 
+class UnsupportedMediaType(ProtocolError):
+    status = 415
+
+
 def error_body(message: str) -> bytes:
     """The compact one-key JSON object every non-2xx reply carries."""
     return orjson.dumps({"error": message})

@@ -268,9 +268,12 @@ def test_reply_encoding_follows_accept_encoding(server: EvserveProcess, accept: 
     assert json.loads(body)["outputs"][0]["data"] == SIMPLE_SUM
 
 
-def test_unknown_content_encoding_is_501(server: EvserveProcess) -> None:
+def test_unknown_or_stacked_content_encoding_is_415(server: EvserveProcess) -> None:
+    for coding in ("br", "gzip, gzip"):
+        reply = call(server.port, "POST", "/v2/models/simple/infer", SIMPLE_BODY, {"Content-Encoding": coding})
+        assert (reply.status, reply.headers.get("accept-encoding")) == (415, "gzip, deflate")
     reply = call(server.port, "POST", "/v2/models/simple/infer", SIMPLE_BODY, {"Content-Encoding": "br"})
-    assert reply.status == 501
+    assert reply.status == 415
     assert reply.headers.get("accept-encoding") == "gzip, deflate"
     assert "compression" in reply.error
 

@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from evserve.protocol.compression import choose_encoding, compress, decompress
-from evserve.protocol.errors import BadRequest, PayloadTooLarge, Unsupported
+from evserve.protocol.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 PAYLOAD = b'{"inputs":[]}' * 100
 
@@ -74,10 +74,10 @@ def test_corrupt_or_truncated_streams_are_400(body, message):
 
 
 @pytest.mark.parametrize("header", ["br", "compress", "zstd", "gzip, gzip", "deflate, gzip", "gzip;q=1", "*"])
-def test_other_codings_and_layers_are_501_with_accept_encoding(header):
-    with pytest.raises(Unsupported) as info:
+def test_other_codings_and_layers_are_415_with_accept_encoding(header):
+    with pytest.raises(UnsupportedMediaType) as info:
         decompress(gzip.compress(PAYLOAD), header, limit=1 << 20)
-    assert info.value.status == 501
+    assert info.value.status == 415
     assert info.value.message == "Unsupported compression type"
     assert info.value.headers == (("Accept-Encoding", "gzip, deflate"),)
 
