@@ -25,6 +25,7 @@ from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
 from evserve.server.responses import empty_reply, error_reply, json_reply
+from evserve.server.restricted_api import restrictions_by_endpoint
 from evserve.server.runtime import loop_thread_count
 from evserve.server.shm_handlers import SharedMemoryHandlers
 
@@ -76,6 +77,7 @@ class HTTPAPIServer(HTTPServer):
         self.config = config
         self.manager = manager
         self.exiting = False
+        self._restricted = restrictions_by_endpoint(config.restricted_apis)
         self._metadata = json_reply(
             {"name": config.server_name, "version": server_version(), "extensions": list(EXTENSIONS)}, shared=True
         )
@@ -117,6 +119,10 @@ class HTTPAPIServer(HTTPServer):
         route = ROUTES.get(path) or match(path)
         if route is None:
             return Response.error(404, "Not Found")
+        if self._restricted:  # before the method check, as in Triton
+            rule = self._restricted.get(route.endpoint)
+            if rule is not None and request.fields.get(rule[0]) != rule[1]:
+                return Response.error(403, f"This API is restricted, expecting header '{rule[2]}'")
         allowed = METHODS[route.endpoint]
         if request.method not in allowed and not (request.method == "HEAD" and "GET" in allowed):
             return Response.error(405, "Method Not Allowed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from evserve.gpu.options import ModelManagerOptions
 from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
+from evserve.server.restricted_api import parse_restrictions
 from evserve.server.runtime import describe_interpreter, free_threaded_build, gil_enabled, usable_cores
 
 log = logging.getLogger("evserve.server")
@@ -61,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(http, "--cap-threads-to-cores", True,
                "run at most one loop thread per usable core (default true)")
     _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
+    _flag(http, "--http-restricted-api", action="append", default=[], metavar="API[,API...]:KEY=VALUE",
+          help="answer these API groups (health, metadata, inference, shared-memory, model-config, model-repository, "
+               "statistics, trace, logging) only with header KEY: VALUE; repeatable")
+    _flag(http, "--http-header-forward-pattern", default=None, metavar="REGEX",
+          help="request headers whose name matches REGEX (case-insensitive) reach the model as request parameters")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
           help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")
     _flag(http, "--server-name", "--id", dest="server_name", default="evserve",
@@ -133,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _regex(pattern: str | None) -> str | None:
+    """The pattern, checked: a regex that does not compile is a start-up error, not a surprise per request."""
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"--http-header-forward-pattern: {exc}") from None
+    return pattern
+
+
 def address(text: str) -> str:
     """An address to bind; Triton's ``ipv6:[::1]`` spelling is accepted beside plain ``::1``."""
     if text.startswith("ipv6:"):
@@ -180,6 +197,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
         allow_client_shm=args.allow_client_shm,
+        restricted_apis=parse_restrictions(args.http_restricted_api),
+        header_forward_pattern=_regex(args.http_header_forward_pattern),
         client_shm_max_regions=args.client_shm_max_regions,
         client_shm_max_region_size=args.client_shm_max_region_size,
         metrics_address=args.metrics_address,

@@ -100,6 +100,10 @@ class Config:
     # Models: where they are, and how the model manager treats them (Triton's model flags).
     model_repositories: tuple[str, ...] = ()
     models: ModelManagerOptions = field(default_factory=ModelManagerOptions)
+    # --http-header-forward-pattern: a regex over request header names (None: forward nothing).
+    header_forward_pattern: str | None = None
+    # --http-restricted-api: (API group, header, value), parsed by server/restricted_api.py.
+    restricted_apis: tuple[tuple[str, str, str], ...] = ()
     # Client shared memory (Triton 2.73: off by default; a region lets a client map into the server).
     allow_client_shm: bool = False
     client_shm_max_regions: int = 1024

@@ -14,6 +14,7 @@ the connection.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, ServedModel
@@ -47,6 +48,9 @@ class ModelHandlers:
         self.max_input_size = config.limits.max_input_size
         self.offload = offload
         self.shm = shm
+        pattern = config.header_forward_pattern
+        # --http-header-forward-pattern: request headers whose name matches reach the model as parameters.
+        self.forward = re.compile(pattern, re.IGNORECASE) if pattern else None
 
     def metadata(self, request: Request, route: Route) -> Response:
         assert route.model is not None
@@ -86,6 +90,8 @@ class ModelHandlers:
                 if name in request.repeated:
                     return Response.error(400, f"more than one {name} header")
         body = _InferBody(request)
+        if self.forward is not None:
+            body.forwarded = {name: value for name, value in request.headers if self.forward.search(name)}
         # The shared-memory regions the request names stay mapped until its reply is encoded.
         leases = Leases(self.shm)
         if body.heavy:
@@ -106,7 +112,7 @@ class ModelHandlers:
     def _decode(self, version: ServedModel, body: _InferBody, leases: Leases) -> InferRequest:
         try:
             data = decompress(body.data, body.content_encoding, self.max_input_size)
-            return decode_infer_request(
+            decoded = decode_infer_request(
                 data,
                 header_length=parse_header_length(body.header_length, len(data)),
                 msgpack=body.msgpack,
@@ -117,6 +123,9 @@ class ModelHandlers:
         except BaseException:
             leases.release()
             raise
+        if body.forwarded:
+            decoded.parameters = {**decoded.parameters, **body.forwarded}
+        return decoded
 
     def _decode_and_submit(self, ticket: Ticket, version: ServedModel, body: _InferBody, leases: Leases) -> None:
         """On the offload pool: decode, then queue for the model like the inline path."""
@@ -148,7 +157,7 @@ def _answer_readiness(ticket: Ticket, served: ServedModel) -> None:
 class _InferBody:
     """What decoding needs from the request, taken on the loop thread (the request stays there)."""
 
-    __slots__ = ("data", "content_encoding", "header_length", "msgpack", "accept_encoding", "heavy")
+    __slots__ = ("data", "content_encoding", "header_length", "msgpack", "accept_encoding", "heavy", "forwarded")
 
     def __init__(self, request: Request) -> None:
         self.data = request.body
@@ -158,6 +167,7 @@ class _InferBody:
         self.header_length = fields.get("inference-header-content-length")
         self.msgpack = "content-type" in fields and is_msgpack(request)
         self.accept_encoding = fields.get("accept-encoding")
+        self.forwarded: dict[str, str] | None = None  # headers passed on to the model as parameters
         compressed = encoding is not None and encoding.strip().lower() not in ("", "identity")
         # A compressed body may inflate to --http-max-input-size whatever its size on the wire.
         self.heavy = compressed or self._head_length() > HEAVY_BODY

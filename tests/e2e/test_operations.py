@@ -1,0 +1,121 @@
+"""Operations flags against a real server: restricted APIs, header forwarding, start-up errors.
+
+Texts and statuses are Triton's (PROTOCOL.md 1.1): a restricted group without its header is 403
+``This API is restricted, expecting header '<key>'``, header names match case-insensitively and
+values exactly, the check comes before the method check, and the metrics port is never restricted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SIMPLE_INPUTS, call, copy_simple
+from tests.evserve_process import SERVER_COMMAND, EvserveProcess
+
+ECHO_CONFIG = """
+name: "echo_params"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "PARAMS" data_type: TYPE_STRING dims: [ 1 ] } ]
+"""
+ECHO_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "PARAMS", np.array([r.parameters().encode()], dtype=np.object_))]) for r in requests]
+"""
+ECHO_BODY = json.dumps({
+    "inputs": [{"name": "IN", "datatype": "INT32", "shape": [1], "data": [1]}],
+    "parameters": {"own": "kept"},
+}).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]:
+    repo = tmp_path_factory.mktemp("ops-repo")
+    copy_simple(repo)
+    (repo / "echo_params" / "1").mkdir(parents=True)
+    (repo / "echo_params" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (repo / "echo_params" / "1" / "model.py").write_text(ECHO_MODEL)
+    with EvserveProcess(
+        "--model-repository", str(repo), "--model-control-mode", "explicit", "--load-model", "*",
+        "--http-restricted-api", "model-repository,statistics:admin-key=admin-value",
+        "--http-restricted-api", "inference:Infer-Key=s3cret",
+        "--http-header-forward-pattern", "^x-forward-",
+    ) as proc:
+        yield proc
+
+
+def _infer_params(server: EvserveProcess, headers: dict[str, str]) -> dict[str, object]:
+    reply = call(server.port, "POST", "/v2/models/echo_params/infer", ECHO_BODY, {"Infer-Key": "s3cret", **headers})
+    assert reply.status == 200, reply.body
+    return json.loads(reply.json()["outputs"][0]["data"][0])
+
+
+def test_restricted_groups_need_their_header(server: EvserveProcess) -> None:
+    admin = "This API is restricted, expecting header 'admin-key'"
+    for method, path in (("POST", "/v2/repository/index"), ("GET", "/v2/models/simple/stats"),
+                         ("GET", "/v2/models/stats"), ("POST", "/v2/repository/models/simple/load")):
+        reply = call(server.port, method, path, b"" if method == "POST" else None)
+        assert (reply.status, reply.error) == (403, admin), path
+        reply = call(server.port, method, path, b"" if method == "POST" else None, {"ADMIN-KEY": "admin-value"})
+        assert reply.status == 200, (path, reply.body)
+    reply = call(server.port, "POST", "/v2/repository/index", b"", {"admin-key": "Admin-Value"})
+    assert reply.status == 403, "values match exactly"
+
+
+def test_restriction_comes_before_the_method_check(server: EvserveProcess) -> None:
+    reply = call(server.port, "GET", "/v2/repository/index")
+    assert reply.status == 403
+    assert call(server.port, "GET", "/v2/repository/index", headers={"admin-key": "admin-value"}).status == 405
+
+
+def test_unrestricted_groups_and_the_metrics_port_stay_open(server: EvserveProcess) -> None:
+    for path in ("/v2/health/ready", "/v2", "/v2/models/simple", "/v2/models/simple/config",
+                 "/v2/models/simple/ready", "/v2/systemsharedmemory/status"):
+        assert call(server.port, "GET", path).status == 200, path
+    assert call(server.metrics_port, "GET", "/metrics").status == 200
+
+
+def test_inference_group_covers_infer_and_generate(server: EvserveProcess) -> None:
+    body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
+    reply = call(server.port, "POST", "/v2/models/simple/infer", body)
+    assert (reply.status, reply.error) == (403, "This API is restricted, expecting header 'Infer-Key'")
+    assert call(server.port, "POST", "/v2/models/simple/generate", b"{}").status == 403
+    assert call(server.port, "POST", "/v2/models/simple/infer", body, {"infer-key": "s3cret"}).status == 200
+
+
+def test_matching_headers_reach_the_model_as_parameters(server: EvserveProcess) -> None:
+    params = _infer_params(server, {"X-Forward-Tenant": "acme", "X-Forward-Trace": "t-1", "X-Other": "no"})
+    assert params == {"own": "kept", "x-forward-tenant": "acme", "x-forward-trace": "t-1"}
+    assert _infer_params(server, {}) == {"own": "kept"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("health,healthz:k=v", "unknown restricted api 'healthz'"),
+        ("no-separator", "expects <api>[,<api>...]:<key>=<value>"),
+    ],
+)
+def test_bad_restrictions_stop_the_start(flag: str, message: str) -> None:
+    done = subprocess.run([*SERVER_COMMAND, "--http-restricted-api", flag], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and message in done.stderr
+
+
+def test_one_group_in_two_restrictions_stops_the_start(tmp_path: Path) -> None:
+    done = subprocess.run([*SERVER_COMMAND, "--http-restricted-api", "health:a=b", "--http-restricted-api",
+                           "metadata,health:c=d"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "restricted api 'health' can not be specified in multiple config groups" in done.stderr
