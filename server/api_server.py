@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING
 
 from evserve.gpu.shared_memory import RegionRegistry
@@ -26,7 +25,7 @@ from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
 from evserve.server.responses import empty_reply, error_reply, json_reply
 from evserve.server.restricted_api import restrictions_by_endpoint
-from evserve.server.runtime import loop_thread_count
+from evserve.server.runtime import loop_thread_count, server_version
 from evserve.server.shm_handlers import SharedMemoryHandlers
 
 if TYPE_CHECKING:
@@ -52,13 +51,6 @@ EXTENSIONS = (
 
 # Health answers with an empty body: 200, or 400 when not live/ready (Triton's statuses).
 _OK, _NOT_OK = empty_reply(200), empty_reply(400)
-
-
-def server_version() -> str:
-    try:
-        return importlib_metadata.version("evserve")
-    except importlib_metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 class HTTPAPIServer(HTTPServer):

@@ -22,7 +22,8 @@ from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
 from evserve.server.restricted_api import parse_restrictions
-from evserve.server.runtime import describe_interpreter, free_threaded_build, gil_enabled, usable_cores
+from evserve.server.runtime import describe_interpreter, free_threaded_build, gil_enabled, server_version, usable_cores
+from evserve.server.startup_report import model_table
 
 log = logging.getLogger("evserve.server")
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="evserve",
         description="An event-loop inference server that speaks Triton's HTTP/REST protocol.",
     )
+    parser.add_argument("--version", action="version", version=f"evserve {server_version()}")
     http = parser.add_argument_group("HTTP")
     _flag(http, "--threads", "--http-thread-count", dest="threads", type=int, default=8,
           help="loop threads serving HTTP (default 8)")
@@ -135,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     # show it catches that bug. Hidden from --help.
     models.add_argument("--sync-model-control", action="store_true", help=argparse.SUPPRESS)
 
+    triton = parser.add_argument_group(
+        "Triton flags evserve has no part for (accepted so Triton command lines start it; each warns once)")
+    _flag(triton, "--grpc-port", type=int, default=None, help="evserve serves no gRPC")
+    _flag(triton, "--grpc-address", default=None, help="evserve serves no gRPC")
+    _bool_flag(triton, "--allow-grpc", False, "evserve serves no gRPC")
+    _flag(triton, "--backend-directory", default=None, help="evserve runs python-backend models itself")
+    _flag(triton, "--backend-config", action="append", default=[], help="backend settings such as python,shm-...")
+    _flag(triton, "--pinned-memory-pool-byte-size", default=None, help="no pinned memory pool")
+    _flag(triton, "--cuda-memory-pool-byte-size", action="append", default=[], help="no CUDA memory pool")
+
     logs = parser.add_argument_group("logging")
     _flag(logs, "--log-verbose", type=int, default=0, help="verbosity level (0 = info)")
     return parser
@@ -213,6 +225,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def ignored_triton_flags(args: argparse.Namespace) -> list[str]:
+    """One warning per Triton flag given that evserve accepts but has no part for."""
+    warnings = []
+    grpc = [flag for flag, value in (("--grpc-port", args.grpc_port), ("--grpc-address", args.grpc_address),
+                                     ("--allow-grpc", args.allow_grpc)) if value]
+    if grpc:
+        warnings.append(f"evserve serves no gRPC: {', '.join(grpc)} ignored; clients use HTTP on --http-port")
+    if args.backend_directory is not None:
+        warnings.append("--backend-directory ignored: evserve runs python-backend models itself")
+    if args.backend_config:
+        warnings.append(f"--backend-config {' '.join(args.backend_config)} ignored: evserve has no backend plugins")
+    if args.pinned_memory_pool_byte_size is not None or args.cuda_memory_pool_byte_size:
+        warnings.append("--pinned-memory-pool-byte-size/--cuda-memory-pool-byte-size ignored: evserve keeps no "
+                        "memory pools of its own (CuPy's allocator serves GPU memory)")
+    return warnings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -221,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     server_log.configure(config.log_verbose)
+    for warning in ignored_triton_flags(args):
+        log.warning(warning)
     if not config.allow_http:
         print("evserve: --allow-http=false leaves nothing to serve", file=sys.stderr)
         return 2
@@ -250,17 +281,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "dependencies has not declared free-threading support (Python's warning above names it); "
                     "the loop threads will not run in parallel")
     status = 0
-    if config.models.exit_on_error:
-        # Wait for the startup models, but stay responsive to signals meanwhile.
-        while not stop.is_set() and not server.manager.wait_startup(0.2):
-            pass
-        errors = server.manager.startup_errors()
-        if errors and not stop.is_set():
-            for name, reason in errors.items():
-                log.error("failed to load '%s': %s", name, reason)
-            log.error("exiting: failed to load all models (--exit-on-error=true)")
-            stop.set()
-            status = 1
+    # Wait for the startup models, but stay responsive to signals meanwhile.
+    while not stop.is_set() and not server.manager.wait_startup(0.2):
+        pass
+    if not stop.is_set():
+        log.info("models\n%s", model_table(server.manager.index()))
+    errors = server.manager.startup_errors()
+    if config.models.exit_on_error and errors and not stop.is_set():
+        for name, reason in errors.items():
+            log.error("failed to load '%s': %s", name, reason)
+        log.error("exiting: failed to load all models (--exit-on-error=true)")
+        stop.set()
+        status = 1
+    elif not stop.is_set():
+        log.info("started: HTTP on %s:%d%s", config.http_address, server.api.port,
+                 f", metrics on {server.metrics.address}:{server.metrics.port}/metrics" if server.metrics else "")
     while not stop.wait(0.5):
         pass
     log.info("stopping: draining connections for up to %.0f s", config.exit_timeout)

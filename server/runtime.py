@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from importlib import metadata
 
 
 def gil_enabled() -> bool:
@@ -51,3 +52,11 @@ def describe_interpreter() -> str:
         return f"CPython {version} with the GIL"
     state = "GIL on (a module re-enabled it, or PYTHON_GIL=1)" if gil_enabled() else "GIL off"
     return f"CPython {version} free-threaded build, {state}"
+
+
+def server_version() -> str:
+    """evserve's installed version (``GET /v2`` and ``--version``)."""
+    try:
+        return metadata.version("evserve")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"

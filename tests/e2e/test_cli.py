@@ -360,3 +360,42 @@ def test_addresses_take_tritons_ipv6_spelling(given: str, bound: str) -> None:
     from evserve.server.cli import address
 
     assert address(given) == bound
+
+
+def test_version() -> None:
+    done = subprocess.run([*SERVER, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and re.fullmatch(r"evserve \d+\.\d+\.\d+\n", done.stdout)
+
+
+def test_a_kserve_triton_command_line_starts_and_logs_the_model_table(tmp_path: Path) -> None:
+    """KServe's Triton runtime passes gRPC and backend flags: accepted, one warning each, and it serves."""
+    copy_simple(tmp_path)
+    with EvserveProcess("--model-store", str(tmp_path), "--grpc-port=9000", "--allow-grpc=true",
+                        "--backend-directory", "/opt/tritonserver/backends",
+                        "--backend-config", "python,shm-default-byte-size=1048576",
+                        "--pinned-memory-pool-byte-size", "0", "--cuda-memory-pool-byte-size", "0:0",
+                        "--id", "triton") as server:
+        assert simple_infer(server.port).status == 200
+        wait_for(lambda: "started: HTTP on" in server.output(), 10, "the start-up lines")
+        log = server.output()
+    assert log.count("evserve serves no gRPC: --grpc-port, --allow-grpc ignored") == 1
+    assert "--backend-directory ignored" in log and "--backend-config python,shm-default-byte-size" in log
+    assert "memory pools of its own" in log
+    table = re.search(r"\+-+\+-+\+-+\+\n\| Model +\| Version \| Status \|\n.*?\| simple +\| 1 +\| READY +\|", log,
+                      re.S)
+    assert table, log
+    assert log.index("| simple") < log.index("started: HTTP on")
+
+
+def test_the_model_table_shows_why_a_model_is_unavailable(tmp_path: Path) -> None:
+    copy_simple(tmp_path)
+    broken = tmp_path / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\n')
+    (broken / "1" / "model.py").write_text("raise ImportError('no such thing')\n")
+    with EvserveProcess("--model-repository", str(tmp_path), "--exit-on-error=false",
+                        "--strict-readiness=false") as server:
+        wait_for(lambda: "started: HTTP on" in server.output(), 10, "the start-up lines")
+        log = server.output()
+    assert re.search(r"\| Model +\| Version \| Status +\| Reason", log), log
+    assert re.search(r"\| broken +\| 1 +\| UNAVAILABLE \| .*no such thing", log), log
