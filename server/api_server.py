@@ -20,6 +20,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response
 from evserve.server.generate_handlers import GenerateHandlers
 from evserve.server.http_server import HTTPServer
+from evserve.server.logging_handlers import logging_settings
 from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
@@ -45,6 +46,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "logging",
     "msgpack_tensor_data",
 )
 
@@ -93,6 +95,7 @@ class HTTPAPIServer(HTTPServer):
             Endpoint.MODEL_INFER: models.infer,
             Endpoint.MODEL_GENERATE: generate.generate,
             Endpoint.MODEL_GENERATE_STREAM: generate.generate_stream,
+            Endpoint.LOGGING: logging_settings,
             Endpoint.SYSTEM_SHM: shm.handle,
             Endpoint.CUDA_SHM: shm.handle,
             Endpoint.REPOSITORY_INDEX: repository.index,

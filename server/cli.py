@@ -147,8 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(triton, "--pinned-memory-pool-byte-size", default=None, help="no pinned memory pool")
     _flag(triton, "--cuda-memory-pool-byte-size", action="append", default=[], help="no CUDA memory pool")
 
-    logs = parser.add_argument_group("logging")
-    _flag(logs, "--log-verbose", type=int, default=0, help="verbosity level (0 = info)")
+    logs = parser.add_argument_group("logging (all but the file can be changed live: POST /v2/logging)")
+    _flag(logs, "--log-verbose", type=int, default=0,
+          help="verbosity level (0: none; 1 and above: DEBUG and one access line per reply)")
+    _flag(logs, "--log-file", default="", help="write the log to this file instead of stderr")
+    _bool_flag(logs, "--log-info", True, "log INFO messages (default true)")
+    _bool_flag(logs, "--log-warning", True, "log WARNING messages (default true)")
+    _bool_flag(logs, "--log-error", True, "log ERROR messages (default true)")
+    _flag(logs, "--log-format", choices=server_log.FORMATS, default="default",
+          help="default (Triton's glog shape) or ISO8601")
     return parser
 
 
@@ -249,7 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    server_log.configure(config.log_verbose)
+    try:
+        server_log.configure(server_log.LogSettings(
+            log_file=args.log_file, log_info=args.log_info, log_warning=args.log_warning, log_error=args.log_error,
+            log_verbose_level=config.log_verbose, log_format=args.log_format,
+        ))
+    except OSError as exc:
+        parser.error(f"--log-file {args.log_file}: {exc.strerror or exc}")
     for warning in ignored_triton_flags(args):
         log.warning(warning)
     if not config.allow_http:
@@ -285,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     while not stop.is_set() and not server.manager.wait_startup(0.2):
         pass
     if not stop.is_set():
-        log.info("models\n%s", model_table(server.manager.index()))
+        for line in model_table(server.manager.index()).splitlines():
+            log.info("%s", line)
     errors = server.manager.startup_errors()
     if config.models.exit_on_error and errors and not stop.is_set():
         for name, reason in errors.items():

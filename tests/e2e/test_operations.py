@@ -8,6 +8,7 @@ values exactly, the check comes before the method check, and the metrics port is
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,61 @@ def test_one_group_in_two_restrictions_stops_the_start(tmp_path: Path) -> None:
                            "metadata,health:c=d"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "restricted api 'health' can not be specified in multiple config groups" in done.stderr
+
+
+# ------------------------------------------------------------------------------------ logging
+
+
+@pytest.fixture()
+def logged(tmp_path: Path) -> Iterator[tuple[EvserveProcess, Path]]:
+    repo = tmp_path / "repo"
+    copy_simple(repo)
+    log_file = tmp_path / "server.log"
+    with EvserveProcess("--model-repository", str(repo), "--log-file", str(log_file)) as proc:
+        yield proc, log_file
+
+
+def _post_logging(server: EvserveProcess, body: object) -> tuple[int, dict[str, object]]:
+    reply = call(server.port, "POST", "/v2/logging", json.dumps(body).encode())
+    return reply.status, reply.json()
+
+
+def test_logging_settings_read_and_change_live(logged: tuple[EvserveProcess, Path]) -> None:
+    server, log_file = logged
+    defaults = {"log_file": str(log_file), "log_info": True, "log_warning": True, "log_error": True,
+                "log_verbose_level": 0, "log_format": "default"}
+    assert call(server.port, "GET", "/v2/logging").json() == defaults
+    assert "/v2/health/ready" not in log_file.read_text(), "no access log at level 0"
+
+    status, settings = _post_logging(server, {"log_verbose_level": 1, "log_format": "ISO8601", "unknown": 1})
+    assert status == 200 and settings == {**defaults, "log_verbose_level": 1, "log_format": "ISO8601"}
+    assert call(server.port, "GET", "/v2/models/simple").status == 200
+    wait_lines = log_file.read_text().splitlines()
+    access = [line for line in wait_lines if '"GET /v2/models/simple HTTP/1.1" 200' in line]
+    assert access and re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ ", access[-1]), access
+
+    _post_logging(server, {"log_verbose_level": 0, "log_format": "default"})
+    before = log_file.read_text()
+    call(server.port, "GET", "/v2/models/simple")
+    assert log_file.read_text().count('"GET /v2/models/simple') == before.count('"GET /v2/models/simple')
+
+
+def test_logging_refuses_the_file_and_bad_values(logged: tuple[EvserveProcess, Path]) -> None:
+    server, _ = logged
+    for body, status, message in (
+        ({"log_file": "/tmp/elsewhere"}, 501, "log file location can not be updated through network protocol"),
+        ({"log_info": "yes"}, 400, "attempt to access JSON non-boolean as boolean"),
+        ({"log_verbose_level": -1}, 400, "non-unsigned-integer"),
+        ({"log_format": "bogus"}, 400, "invalid argument for --log_format, got: bogus"),
+    ):
+        reply = call(server.port, "POST", "/v2/logging", json.dumps(body).encode())
+        assert reply.status == status and message in reply.error, (body, reply.body)
+    assert call(server.port, "GET", "/v2/logging").json()["log_info"] is True
+
+
+def test_verbose_output_has_its_own_switch(logged: tuple[EvserveProcess, Path]) -> None:
+    """As Triton's LOG_VERBOSE: the verbose level, not log_info, decides the per-request lines."""
+    server, log_file = logged
+    _post_logging(server, {"log_info": False, "log_verbose_level": 1})
+    call(server.port, "GET", "/v2/models/simple/config")
+    assert '"GET /v2/models/simple/config HTTP/1.1" 200' in log_file.read_text()
