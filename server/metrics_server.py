@@ -38,7 +38,10 @@ def model_families(manager: ModelManager) -> list[Family]:
     pending = Family("nv_inference_pending_request_count", "gauge", "Inference requests waiting in the queue")
     request_us = Family("nv_inference_request_duration_us", "counter", "Cumulative inference request duration")
     queue_us = Family("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration")
+    input_us = Family("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration")
     infer_us = Family("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration")
+    output_us = Family("nv_inference_compute_output_duration_us", "counter",
+                       "Cumulative inference compute output duration")
     load_s = Family("nv_model_load_duration_secs", "gauge", "Model load time in seconds")
     rss = Family("evserve_model_instance_rss_bytes", "gauge", "Resident memory of a model instance's child process")
     restarts = Family("evserve_model_instance_restarts_total", "counter",
@@ -55,12 +58,15 @@ def model_families(manager: ModelManager) -> list[Family]:
         pending.add(labels, version.queued)
         request_us.add(labels, (stats["success"]["ns"] + stats["fail"]["ns"]) // 1000)
         queue_us.add(labels, stats["queue"]["ns"] // 1000)
+        input_us.add(labels, stats["compute_input"]["ns"] // 1000)
         infer_us.add(labels, stats["compute_infer"]["ns"] // 1000)
+        output_us.add(labels, stats["compute_output"]["ns"] // 1000)
         load_s.add(labels, version.load_seconds)
         for instance, resident, restarted in version.child_processes():
             rss.add({**labels, "instance": instance}, resident)
             restarts.add({**labels, "instance": instance}, restarted)
-    families = [success, failure, count, executions, pending, request_us, queue_us, infer_us, load_s]
+    families = [success, failure, count, executions, pending, request_us, queue_us, input_us, infer_us, output_us,
+                load_s]
     return families + [family for family in (rss, restarts) if family.samples]
 
 

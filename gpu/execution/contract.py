@@ -50,10 +50,18 @@ class ExecRequest:
     None for a bare FINAL, or an error. ``cancelled()`` turns true once the client has gone.
 
     ``on_finish`` is the engine's hook (statistics), called inside the terminal call, before
-    the answer is delivered.
+    the answer is delivered. The instance running the job marks when its inputs were ready for
+    the model (``input_end``) and when the model's outputs began to be taken (``output_start``),
+    in ``time.monotonic_ns()``, and reports each response it sends through ``on_response(kind,
+    sent_at, output_ns)`` (kind ``"success"``, ``"fail"`` or ``"empty_response"``; the time the
+    model handed it over; the ns spent taking its outputs): Triton's compute_input/infer/output
+    split and its per-response statistics. Marks left at -1 mean "not measured".
     """
 
-    __slots__ = ("request", "complete", "cancelled", "stream", "on_finish", "_lock", "_done")
+    __slots__ = (
+        "request", "complete", "cancelled", "stream", "on_finish", "on_response", "input_end", "output_start",
+        "_lock", "_done",
+    )
 
     def __init__(
         self,
@@ -67,6 +75,9 @@ class ExecRequest:
         self.cancelled = cancelled
         self.stream = stream
         self.on_finish: Callable[[Result | None], None] | None = None
+        self.on_response: Callable[[str, int, int], None] | None = None
+        self.input_end = -1
+        self.output_start = -1
         self._lock = threading.Lock()
         self._done = False
 
@@ -104,6 +115,11 @@ class ExecRequest:
         """Pass on a non-final response of a streaming job; dropped once the job is finished."""
         if self.stream is not None and not self._done:
             call_logged(self.stream, partial, False)
+
+
+def response_kind(result: Result | None) -> str:
+    """A sent response's outcome for ``on_response``: success, fail, or empty_response (a bare final flag)."""
+    return "empty_response" if result is None else "fail" if isinstance(result, ProtocolError) else "success"
 
 
 def call_logged(callback: Callable[..., Any], *args: Any) -> None:
@@ -181,4 +197,5 @@ __all__ = [
     "ServedModel",
     "StreamCallback",
     "call_logged",
+    "response_kind",
 ]

@@ -15,10 +15,19 @@ from typing import Any
 class ModelStats:
     """Per-version counters for /stats and Prometheus; updated after each response completes.
 
-    Durations are nanoseconds as in Triton's statistics JSON. ``compute_infer`` is the time from
-    the start of the batch's ``execute`` to the request's completion, so a batch of n adds its
-    duration n times (Triton attributes batch compute to every request in it).
+    Durations are nanoseconds as in Triton's statistics JSON. A request's compute time is split
+    as Triton splits it: ``compute_input`` (building the model's request and input tensors),
+    ``compute_infer`` (the model's ``execute``) and ``compute_output`` (taking the outputs it
+    returned), each from the whole batch, so a batch of n adds its durations n times (Triton
+    attributes batch compute to every request in it). ``response_stats`` holds, per response
+    index, the compute since the previous response and the time to take its outputs, by outcome
+    (success, fail, empty_response, cancel), as Triton's statistics extension defines them.
     """
+
+    RESPONSE_KINDS = ("success", "fail", "empty_response", "cancel")
+    # response_stats keeps one entry per response index, as Triton's does; a stream of a million
+    # tokens must not make a million entries, so indexes from here on are not kept.
+    MAX_RESPONSE_INDEX = 1024
 
     FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
@@ -31,17 +40,22 @@ class ModelStats:
         self.queue_count = 0
         self.queue_ns = 0
         self.compute_count = 0
+        self.input_ns = 0
         self.compute_ns = 0
+        self.output_ns = 0
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
         self.failures = dict.fromkeys(self.FAILURE_REASONS, 0)
-        # batch size (rows) -> [count, compute ns]
+        # batch size (rows) -> [count, input ns, infer ns, output ns]
         self.batches: dict[int, list[int]] = {}
+        # response index -> kind -> [count, compute_infer ns, compute_output ns]
+        self.responses: dict[int, dict[str, list[int]]] = {}
 
-    def record_request(self, ok: bool, total_ns: int, queue_ns: int, compute_ns: int, rows: int,
+    def record_request(self, ok: bool, total_ns: int, queue_ns: int, phases: tuple[int, int, int], rows: int,
                        reason: str = "BACKEND") -> None:
-        """Account one completed request; ``queue_ns``/``compute_ns`` < 0 mean "never executed"."""
+        """Account one completed request; ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed"."""
+        input_ns, infer_ns, output_ns = phases
         with self._lock:
             if ok:
                 self.success_count += 1
@@ -54,23 +68,37 @@ class ModelStats:
             if queue_ns >= 0:
                 self.queue_count += 1
                 self.queue_ns += queue_ns
-            if compute_ns >= 0:
+            if input_ns >= 0:
                 self.compute_count += 1
-                self.compute_ns += compute_ns
+                self.input_ns += input_ns
+                self.compute_ns += infer_ns
+                self.output_ns += output_ns
 
     def record_rejected(self) -> None:
         """A request refused at admission (queue full): a failure with reason REJECTED."""
-        self.record_request(False, 0, -1, -1, 0, reason="REJECTED")
+        self.record_request(False, 0, -1, (-1, -1, -1), 0, reason="REJECTED")
 
-    def record_execution(self, rows: int, compute_ns: int) -> None:
+    def record_execution(self, rows: int, phases: tuple[int, int, int]) -> None:
         """Account one ``execute`` of ``rows`` batch rows; it is also the last inference's time."""
         now_ms = time.time_ns() // 1_000_000
         with self._lock:
             self.execution_count += 1
             self.last_inference_ms = now_ms
-            entry = self.batches.setdefault(rows, [0, 0])
+            entry = self.batches.setdefault(rows, [0, 0, 0, 0])
             entry[0] += 1
-            entry[1] += compute_ns
+            entry[1] += phases[0]
+            entry[2] += phases[1]
+            entry[3] += phases[2]
+
+    def record_response(self, index: int, kind: str, infer_ns: int, output_ns: int) -> None:
+        """Account response ``index`` of a request (0 first) with its outcome and durations."""
+        if index >= self.MAX_RESPONSE_INDEX:
+            return
+        with self._lock:
+            entry = self.responses.setdefault(index, {}).setdefault(kind, [0, 0, 0])
+            entry[0] += 1
+            entry[1] += infer_ns
+            entry[2] += output_ns
 
     def snapshot(self) -> dict[str, Any]:
         """The counters in Triton's ``model_stats`` entry shape (minus name/version)."""
@@ -86,22 +114,40 @@ class ModelStats:
                     "success": pair(self.success_count, self.success_ns),
                     "fail": pair(self.fail_count, self.fail_ns),
                     "queue": pair(self.queue_count, self.queue_ns),
-                    "compute_input": pair(self.compute_count, 0),
+                    "compute_input": pair(self.compute_count, self.input_ns),
                     "compute_infer": pair(self.compute_count, self.compute_ns),
-                    "compute_output": pair(self.compute_count, 0),
+                    "compute_output": pair(self.compute_count, self.output_ns),
                     "cache_hit": pair(0, 0),
                     "cache_miss": pair(0, 0),
+                },
+                "response_stats": {
+                    str(index): self._response_entry(kinds) for index, kinds in sorted(self.responses.items())
                 },
                 "batch_stats": [
                     {
                         "batch_size": size,
-                        "compute_input": pair(count, 0),
-                        "compute_infer": pair(count, ns),
-                        "compute_output": pair(count, 0),
+                        "compute_input": pair(count, input_ns),
+                        "compute_infer": pair(count, infer_ns),
+                        "compute_output": pair(count, output_ns),
                     }
-                    for size, (count, ns) in sorted(self.batches.items())
+                    for size, (count, input_ns, infer_ns, output_ns) in sorted(self.batches.items())
                 ],
+                # Triton lists memory the backend reports; the python backend reports none.
+                "memory_usage": [],
             }
+
+    @classmethod
+    def _response_entry(cls, kinds: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+        """Triton's $response_stat: compute_infer/compute_output over every outcome, then each outcome."""
+        count = sum(v[0] for v in kinds.values())
+        entry = {
+            "compute_infer": {"count": count, "ns": sum(v[1] for v in kinds.values())},
+            "compute_output": {"count": count, "ns": sum(v[2] for v in kinds.values())},
+        }
+        for kind in cls.RESPONSE_KINDS:
+            n, infer_ns, output_ns = kinds.get(kind, (0, 0, 0))
+            entry[kind] = {"count": n, "ns": infer_ns + output_ns}
+        return entry
 
     def failure_counts(self) -> dict[str, int]:
         """Failures by Prometheus ``reason`` label (REJECTED, CANCELED, BACKEND, OTHER)."""

@@ -47,7 +47,7 @@ def _now_ns() -> int:
 class _Admitted:
     """An admitted job with its batch rows and timestamps; accounts it when the job finishes."""
 
-    __slots__ = ("job", "rows", "t_submit", "t_start", "_stats")
+    __slots__ = ("job", "rows", "t_submit", "t_start", "_stats", "_responses", "_last_response")
 
     def __init__(self, job: ExecRequest, rows: int, stats: ModelStats | None) -> None:
         self.job = job
@@ -55,8 +55,21 @@ class _Admitted:
         self.t_submit = _now_ns()
         self.t_start = -1
         self._stats = stats
+        self._responses = 0
+        self._last_response = -1
         if stats is not None:
             job.on_finish = self._account
+            job.on_response = self._response
+
+    def _response(self, kind: str, sent_at: int, output_ns: int) -> None:
+        """One response of the job (Triton's response_stats): compute since the last one, output time."""
+        assert self._stats is not None
+        since = self._last_response if self._last_response >= 0 else max(self.job.input_end, self.t_start)
+        if _client_left(self.job):
+            kind = "cancel"
+        self._stats.record_response(self._responses, kind, max(sent_at - since, 0), output_ns)
+        self._responses += 1
+        self._last_response = sent_at + output_ns
 
     def _account(self, result: Result | None) -> None:
         """Called inside the job's terminal call, exactly once (statistics follow Triton's)."""
@@ -71,14 +84,22 @@ class _Admitted:
             reason = "BACKEND"
         else:
             reason = "CANCELED" if getattr(result, "message", "") == CANCELLED else "OTHER"
+        phases = _phases(self.job, self.t_start, now) if started else (-1, -1, -1)
         self._stats.record_request(
             ok,
             now - self.t_submit,
             (self.t_start - self.t_submit) if started else -1,
-            (now - self.t_start) if started else -1,
+            phases,
             self.rows,
             reason,
         )
+
+
+def _phases(job: ExecRequest, start: int, end: int) -> tuple[int, int, int]:
+    """(compute_input, compute_infer, compute_output) ns of a job from its instance's marks."""
+    input_end = job.input_end if job.input_end >= start else start
+    output_start = job.output_start if job.output_start >= input_end else end
+    return input_end - start, output_start - input_end, max(end - output_start, 0)
 
 
 def _client_left(job: ExecRequest) -> bool:
@@ -268,9 +289,9 @@ class InstanceWorker:
             failure = ProtocolError(f"Failed to process the request(s) for model '{self.model_name}': {exc}", 500)
             for admitted in live:
                 admitted.job.finish(failure)
-        elapsed = _now_ns() - start
+        end = _now_ns()
         if self.stats is not None:
-            self.stats.record_execution(rows, elapsed)
+            self.stats.record_execution(rows, _phases(live[0].job, start, end))
         with self._lock:
             self.in_flight -= len(live)
             self.executions += 1

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.execution.contract import ExecRequest, response_kind
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
 from evserve.gpu.process.frames import FrameReader, FrameWriter
 from evserve.gpu.process.tensors import pack, unpack_result
@@ -269,6 +269,9 @@ class ProcessInstance:
             self._batch_done.clear()
         message = {"op": "execute", "batch": batch_id, "inputs_end": bump.top, "requests": headers}
         tick = self._batch_tick(child, sent)
+        packed = time.monotonic_ns()
+        for _, job in sent:
+            job.input_end = packed  # the inputs are in the arena: the rest is the child's
         if self._reader_thread:
             self._send(child, message)
             while not self._batch_done.wait(_CANCEL_POLL):
@@ -346,8 +349,13 @@ class ProcessInstance:
                 if job is not None and message["final"]:
                     del self._jobs[rid]
             if job is not None:
+                arrived = time.monotonic_ns()
                 result = unpack_result(message["result"], child.arena)
+                if job.on_response is not None and not job.done:
+                    job.on_response(response_kind(result), arrived, time.monotonic_ns() - arrived)
                 if message["final"]:
+                    if job.output_start < 0:
+                        job.output_start = arrived
                     job.finish(result)
                 elif result is not None:
                     job.send(result)  # type: ignore[arg-type]

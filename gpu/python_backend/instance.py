@@ -18,6 +18,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -118,8 +119,12 @@ class PythonModelInstance:
         if not batch:
             return
         replies = [Reply(self, job) for job in batch]
+        requests = [reply.request for reply in replies]
+        ready = time.monotonic_ns()
+        for job in batch:
+            job.input_end = ready  # the pb_utils requests and input tensors are built
         try:
-            result = self.model.execute([reply.request for reply in replies])
+            result = self.model.execute(requests)
             if type(result) is not list and inspect.iscoroutine(result):
                 if self.decoupled:
                     self._async_runner().submit(result, lambda future: self._async_done(future, replies))
@@ -134,6 +139,10 @@ class PythonModelInstance:
 
     def _take_result(self, result: Any, replies: list[Reply]) -> None:
         """Apply Triton's checks to what ``execute`` returned, then answer each request."""
+        if not self.decoupled:  # a decoupled model's outputs left with its sends: no output phase
+            returned = time.monotonic_ns()
+            for reply in replies:
+                reply.job.output_start = returned
         if self.decoupled:
             if result is not None:
                 raise _ContractError(

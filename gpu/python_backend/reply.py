@@ -9,9 +9,10 @@ refuses what the model sends after that.
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
-from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.execution.contract import ExecRequest, response_kind
 from evserve.gpu.python_backend import pb_utils
 from evserve.protocol.errors import ProtocolError, Unsupported
 from evserve.protocol.types import InferResponse
@@ -61,8 +62,12 @@ class Reply:
 
     def _on_send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
         """Called by the sender (under its lock) for every response it accepted."""
-        item = None if response is None else self._instance.convert(response, self.job.request, self.requested)
+        job = self.job
+        started = time.monotonic_ns() if job.on_response is not None else 0
+        item = None if response is None else self._instance.convert(response, job.request, self.requested)
         final = flags == pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if started and not job.done:
+            job.on_response(response_kind(item), started, time.monotonic_ns() - started)  # type: ignore[misc]
         if self.job.stream is not None:
             if final:
                 self._finish(item)

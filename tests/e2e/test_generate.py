@@ -565,3 +565,32 @@ def test_closing_a_stream_cancels_a_process_instance_request(process_server: tup
     sock.close()
     wait_for(lambda: len(_marker_lines(marker)) == 1, 5, "the child's model to see its request cancelled")
     assert _marker_lines(marker)[0]["cancelled_at"] - closed_at < 0.5
+
+
+def test_statistics_split_compute_and_count_each_response(server: EvserveProcess) -> None:
+    """Triton's shape: compute_input/infer/output measured, response_stats per response index."""
+    reply = generate(server.port, "text_stream", {"text_input": "one two three", "delay_ms": 20}, stream=True)
+    assert reply.status == 200
+    generate(server.port, "simple", {"INPUT0": [1] * 16, "INPUT1": [1] * 16})
+    stream_stats = call(server.port, "GET", "/v2/models/text_stream/stats").json()["model_stats"][0]
+    simple_stats = call(server.port, "GET", "/v2/models/simple/stats").json()["model_stats"][0]
+    for stats in (stream_stats, simple_stats):
+        assert set(stats) >= {"inference_stats", "response_stats", "batch_stats", "memory_usage"}
+        inference = stats["inference_stats"]
+        assert inference["compute_input"]["ns"] > 0 and inference["compute_infer"]["ns"] > 0
+        assert stats["memory_usage"] == []
+    assert simple_stats["inference_stats"]["compute_output"]["ns"] > 0
+    responses = stream_stats["response_stats"]
+    # Three words, then the bare final flag: responses 0-2 succeed, response 3 is empty.
+    assert responses["0"]["success"]["count"] >= 1 and responses["2"]["success"]["count"] >= 1
+    assert responses["3"]["empty_response"]["count"] >= 1
+    assert responses["1"]["compute_infer"]["ns"] >= 15_000_000, "the 20 ms the model waited between words"
+    assert set(responses["0"]) == {"compute_infer", "compute_output", "success", "fail", "empty_response", "cancel"}
+
+
+def test_process_instance_statistics_are_split_too(process_server: tuple[EvserveProcess, Path]) -> None:
+    server, _ = process_server
+    assert generate(server.port, "text_stream", {"text_input": "a b", "delay_ms": 0}, stream=True).status == 200
+    stats = call(server.port, "GET", "/v2/models/text_stream/stats").json()["model_stats"][0]
+    assert stats["inference_stats"]["compute_input"]["ns"] > 0
+    assert stats["response_stats"]["0"]["success"]["count"] >= 1

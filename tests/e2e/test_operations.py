@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SIMPLE_INPUTS, call, copy_simple
+from tests.e2e.conftest import SIMPLE_INPUTS, call, copy_simple, wait_for
 from tests.evserve_process import SERVER_COMMAND, EvserveProcess
 
 ECHO_CONFIG = """
@@ -149,13 +149,15 @@ def test_logging_settings_read_and_change_live(logged: tuple[EvserveProcess, Pat
     status, settings = _post_logging(server, {"log_verbose_level": 1, "log_format": "ISO8601", "unknown": 1})
     assert status == 200 and settings == {**defaults, "log_verbose_level": 1, "log_format": "ISO8601"}
     assert call(server.port, "GET", "/v2/models/simple").status == 200
-    wait_lines = log_file.read_text().splitlines()
-    access = [line for line in wait_lines if '"GET /v2/models/simple HTTP/1.1" 200' in line]
-    assert access and re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ ", access[-1]), access
+    # The access line is written right after the reply: wait for it rather than race it.
+    wait_for(lambda: '"GET /v2/models/simple HTTP/1.1" 200' in log_file.read_text(), 5, "the access line")
+    access = [line for line in log_file.read_text().splitlines() if '"GET /v2/models/simple HTTP/1.1" 200' in line]
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ I \d+ ", access[-1]), access
 
     _post_logging(server, {"log_verbose_level": 0, "log_format": "default"})
     before = log_file.read_text()
     call(server.port, "GET", "/v2/models/simple")
+    call(server.port, "GET", "/v2/logging")  # a later request: had the first been logged, it would be by now
     assert log_file.read_text().count('"GET /v2/models/simple') == before.count('"GET /v2/models/simple')
 
 
@@ -177,4 +179,4 @@ def test_verbose_output_has_its_own_switch(logged: tuple[EvserveProcess, Path]) 
     server, log_file = logged
     _post_logging(server, {"log_info": False, "log_verbose_level": 1})
     call(server.port, "GET", "/v2/models/simple/config")
-    assert '"GET /v2/models/simple/config HTTP/1.1" 200' in log_file.read_text()
+    wait_for(lambda: '"GET /v2/models/simple/config HTTP/1.1" 200' in log_file.read_text(), 5, "the access line")
