@@ -248,6 +248,13 @@ class ModelManager:
                 raise BadRequest(f"requested model version is not available for model '{name}'")
         return found
 
+    @staticmethod
+    def custom_metric_families() -> list[tuple[str, str, Any, list[Any]]]:
+        """The models' live pb_utils.MetricFamily objects (name, description, kind, metrics), for /metrics."""
+        from evserve.gpu.python_backend.pb_utils import metrics
+
+        return metrics.families()
+
     def refresh(self) -> None:
         """Rescan the repositories now (disk I/O: never call it on a loop thread)."""
         self._rescan()

@@ -29,15 +29,18 @@ def _number(value: float) -> str:
 
 @dataclass(slots=True)
 class Family:
-    """One metric family: a name, its type (counter, gauge) and its samples."""
+    """One metric family: a name, its type (counter, gauge, histogram) and its samples.
+
+    A histogram's samples carry their name suffix (``_bucket``, ``_sum``, ``_count``).
+    """
 
     name: str
     kind: str
     help: str
-    samples: list[tuple[dict[str, str], float]] = field(default_factory=list)
+    samples: list[tuple[dict[str, str], float, str]] = field(default_factory=list)
 
-    def add(self, labels: dict[str, str], value: float) -> None:
-        self.samples.append((labels, value))
+    def add(self, labels: dict[str, str], value: float, suffix: str = "") -> None:
+        self.samples.append((labels, value, suffix))
 
 
 def render(families: list[Family]) -> bytes:
@@ -45,11 +48,12 @@ def render(families: list[Family]) -> bytes:
     for family in families:
         lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
         lines.append(f"# TYPE {family.name} {family.kind}")
-        for labels, value in family.samples:
+        for labels, value, suffix in family.samples:
+            name = family.name + suffix
             if labels:
                 inner = ",".join(f'{key}="{_escape_label(val)}"' for key, val in labels.items())
-                lines.append(f"{family.name}{{{inner}}} {_number(value)}")
+                lines.append(f"{name}{{{inner}}} {_number(value)}")
             else:
-                lines.append(f"{family.name} {_number(value)}")
+                lines.append(f"{name} {_number(value)}")
     lines.append("")
     return "\n".join(lines).encode("utf-8")

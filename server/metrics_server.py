@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from evserve.protocol.prometheus import CONTENT_TYPE, Family, render
 from evserve.server.config import Config
 from evserve.server.exchange import Request, Response
+from evserve.server.host_metrics import host_families
 from evserve.server.http_server import HTTPServer, ThreadStats
 
 if TYPE_CHECKING:
@@ -70,6 +71,21 @@ def model_families(manager: ModelManager) -> list[Family]:
     return families + [family for family in (rss, restarts) if family.samples]
 
 
+_PROMETHEUS_KIND = {0: "counter", 1: "gauge", 2: "histogram"}
+
+
+def custom_families(manager: ModelManager) -> list[Family]:
+    """The models' own metric families (pb_utils.MetricFamily), as Triton exports them."""
+    out = []
+    for name, description, kind, metrics in manager.custom_metric_families():
+        family = Family(name, _PROMETHEUS_KIND.get(int(kind), "untyped"), description)
+        for metric in metrics:
+            for suffix, labels, value in metric.samples():
+                family.add(labels, value, suffix)
+        out.append(family)
+    return out
+
+
 class HTTPMetricsServer(HTTPServer):
     """GET /metrics on --metrics-port. Other paths answer 200 with an empty body, as Triton's."""
 
@@ -89,4 +105,6 @@ class HTTPMetricsServer(HTTPServer):
         families = server_families(self._threads())
         if self._manager is not None:
             families += model_families(self._manager)
+            families += custom_families(self._manager)
+        families += host_families()
         return Response(200, [("Content-Type", CONTENT_TYPE)], [render(families)])

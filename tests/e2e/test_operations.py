@@ -180,3 +180,76 @@ def test_verbose_output_has_its_own_switch(logged: tuple[EvserveProcess, Path]) 
     _post_logging(server, {"log_info": False, "log_verbose_level": 1})
     call(server.port, "GET", "/v2/models/simple/config")
     wait_for(lambda: '"GET /v2/models/simple/config HTTP/1.1" 200' in log_file.read_text(), 5, "the access line")
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+METERED_CONFIG = """
+name: "metered"
+backend: "python"
+max_batch_size: 0
+input [ { name: "IN" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+METERED_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.requests = pb_utils.MetricFamily(
+            "metered_requests", "requests seen by the model", pb_utils.MetricFamily.COUNTER)
+        self.last = pb_utils.MetricFamily("metered_last_value", "last input", pb_utils.MetricFamily.GAUGE)
+        self.sizes = pb_utils.MetricFamily("metered_value", "input values", pb_utils.MetricFamily.HISTOGRAM)
+        self.counter = self.requests.Metric(labels={"model": "metered", "kind": "all"})
+        self.gauge = self.last.Metric(labels={"model": "metered"})
+        self.histogram = self.sizes.Metric(labels={"model": "metered"}, buckets=[1.0, 10.0])
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            value = float(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            self.counter.increment(1)
+            self.gauge.set(value)
+            self.histogram.observe(value)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value], np.float32))]))
+        return out
+"""
+
+
+def test_custom_and_triton_metrics_parse_with_prometheus_client(tmp_path: Path) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    copy_simple(tmp_path)
+    (tmp_path / "metered" / "1").mkdir(parents=True)
+    (tmp_path / "metered" / "config.pbtxt").write_text(METERED_CONFIG)
+    (tmp_path / "metered" / "1" / "model.py").write_text(METERED_MODEL)
+    with EvserveProcess("--model-repository", str(tmp_path)) as server:
+        for value in (0.5, 5.0, 50.0):
+            body = json.dumps({"inputs": [{"name": "IN", "datatype": "FP32", "shape": [1], "data": [value]}]})
+            assert call(server.port, "POST", "/v2/models/metered/infer", body.encode()).status == 200
+        assert call(server.port, "POST", "/v2/models/simple/infer", json.dumps({"inputs": SIMPLE_INPUTS}).encode(),
+                    ).status == 200
+        text = call(server.metrics_port, "GET", "/metrics").body.decode()
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+
+    def sample(family: str, name: str, **labels: str) -> float:
+        # prometheus_client's parser names a counter's samples <family>_total.
+        names = {name, name + "_total"}
+        return next(s.value for s in families[family].samples
+                    if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert sample("metered_requests", "metered_requests", model="metered", kind="all") == 3
+    assert sample("metered_last_value", "metered_last_value") == 50.0
+    assert families["metered_value"].type == "histogram"
+    assert sample("metered_value", "metered_value_bucket", le="1.0") == 1
+    assert sample("metered_value", "metered_value_bucket", le="10.0") == 2
+    assert sample("metered_value", "metered_value_bucket", le="+Inf") == 3
+    assert sample("metered_value", "metered_value_sum") == 55.5
+    for name in ("nv_inference_compute_input_duration_us", "nv_inference_compute_output_duration_us",
+                 "nv_inference_compute_infer_duration_us"):
+        assert sample(name, name, model="simple", version="1") > 0, name
+    assert 0.0 <= sample("nv_cpu_utilization", "nv_cpu_utilization") <= 1.0
+    assert sample("nv_cpu_memory_used_bytes", "nv_cpu_memory_used_bytes") > 0
+    assert sample("nv_cpu_memory_total_bytes", "nv_cpu_memory_total_bytes") >= sample(
+        "nv_cpu_memory_used_bytes", "nv_cpu_memory_used_bytes")

@@ -1,17 +1,25 @@
-"""Custom metrics: kept so that models using them run; evserve does not export them."""
+"""Custom metrics (``pb_utils.MetricFamily``), exported on the metrics port beside Triton's own.
+
+As in Triton's python backend, a family lives as long as the model holds it: families and their
+metrics are kept by weak reference here, so an unloaded model's metrics disappear from
+``/metrics`` with its objects. Creating a family whose name is taken by a live family of another
+kind or description fails, as the C API does. Histograms keep Prometheus's cumulative buckets,
+sum and count.
+
+Metrics created inside a process-isolated instance live in its child process and are not
+exported (the child does not ship them to the server).
+
+Thread-safety: the registry and each metric have a lock (model threads update, the scrape reads).
+"""
 
 from __future__ import annotations
 
+import bisect
 import enum
-import logging
 import threading
+import weakref
 
 from evserve.gpu.python_backend.pb_utils.errors import TritonModelException
-
-_log = logging.getLogger("evserve.model")
-
-
-# Custom metrics: values are kept so models that use them run, but evserve does not export them.
 
 
 class MetricKind(enum.IntEnum):
@@ -20,18 +28,17 @@ class MetricKind(enum.IntEnum):
     HISTOGRAM = 2
 
 
-_metrics_warned = threading.Event()
-
-
 class Metric:
     """One labelled series of a MetricFamily, with the C API's per-kind rules."""
 
     def __init__(self, kind: MetricKind, labels: dict[str, str], buckets: list[float] | None) -> None:
         self._kind = kind
-        self.labels = dict(labels)
+        self.labels = {str(k): str(v) for k, v in labels.items()}
         self._lock = threading.Lock()
         self._value = 0.0
-        self._buckets = buckets
+        self._bounds = sorted(float(b) for b in buckets) if buckets else []
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._count = 0
 
     def increment(self, value: float) -> None:
         if self._kind is MetricKind.HISTOGRAM:
@@ -52,15 +59,32 @@ class Metric:
             raise TritonModelException("observe is only supported for HISTOGRAM metrics")
         with self._lock:
             self._value += value
+            self._count += 1
+            self._counts[bisect.bisect_left(self._bounds, value)] += 1
 
     def value(self) -> float:
         if self._kind is MetricKind.HISTOGRAM:
             raise TritonModelException("value is not supported for HISTOGRAM metrics")
         return self._value
 
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """(name suffix, labels, value) in Prometheus's text form: one sample, or a histogram's series."""
+        with self._lock:
+            if self._kind is not MetricKind.HISTOGRAM:
+                return [("", self.labels, self._value)]
+            out: list[tuple[str, dict[str, str], float]] = []
+            running = 0
+            for bound, count in zip([*self._bounds, float("inf")], self._counts, strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                out.append(("_bucket", {**self.labels, "le": le}, running))
+            out.append(("_sum", self.labels, self._value))
+            out.append(("_count", self.labels, self._count))
+            return out
+
 
 class MetricFamily:
-    """A named family of custom metrics (kept in-process; evserve does not export them)."""
+    """A named family of custom metrics, exported on /metrics while the model holds it."""
 
     COUNTER = MetricKind.COUNTER
     GAUGE = MetricKind.GAUGE
@@ -70,11 +94,47 @@ class MetricFamily:
         self.name = name
         self.description = description
         self.kind = MetricKind(kind)
-        if not _metrics_warned.is_set():
-            _metrics_warned.set()
-            _log.warning("custom metrics (pb_utils.MetricFamily) are kept but not exported by evserve")
+        self._metrics: weakref.WeakSet[Metric] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        _register(self)
 
     def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:
         if self.kind is MetricKind.HISTOGRAM and not buckets:
             raise TritonModelException("buckets are required for HISTOGRAM metrics")
-        return Metric(self.kind, labels or {}, buckets)
+        metric = Metric(self.kind, labels or {}, buckets)
+        with self._lock:
+            self._metrics.add(metric)
+        return metric
+
+    def metrics(self) -> list[Metric]:
+        with self._lock:
+            return list(self._metrics)
+
+
+# name -> the live families of that name (two instances of a model each create theirs).
+_families: dict[str, weakref.WeakSet[MetricFamily]] = {}
+_registry_lock = threading.Lock()
+
+
+def _register(family: MetricFamily) -> None:
+    with _registry_lock:
+        same_name = _families.setdefault(family.name, weakref.WeakSet())
+        for other in same_name:
+            if other.kind is not family.kind or other.description != family.description:
+                raise TritonModelException(
+                    f"Metric family '{family.name}' already exists with a different kind or description"
+                )
+        same_name.add(family)
+
+
+def families() -> list[tuple[str, str, MetricKind, list[Metric]]]:
+    """(name, description, kind, live metrics) of every live custom family, by name (for the scrape)."""
+    out = []
+    with _registry_lock:
+        for name in sorted(_families):
+            live = list(_families[name])
+            if not live:
+                del _families[name]
+                continue
+            out.append((name, live[0].description, live[0].kind, [m for f in live for m in f.metrics()]))
+    return out

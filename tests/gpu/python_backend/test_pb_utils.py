@@ -458,3 +458,20 @@ def test_custom_metrics_keep_values() -> None:
     with pytest.raises(pb_utils.TritonModelException, match="buckets"):
         histogram.Metric()
     histogram.Metric(buckets=[1.0, 2.0]).observe(1.5)
+
+
+def test_custom_metric_families_are_exported_while_held() -> None:
+    from evserve.gpu.python_backend.pb_utils import metrics
+
+    family = pb_utils.MetricFamily("held_family", "held", pb_utils.MetricFamily.GAUGE)
+    metric = family.Metric(labels={"a": "b"})
+    metric.set(4)
+    with pytest.raises(pb_utils.TritonModelException, match="different kind or description"):
+        pb_utils.MetricFamily("held_family", "held", pb_utils.MetricFamily.COUNTER)
+    exported = {name: found for name, _, _, found in metrics.families()}
+    assert [m.samples() for m in exported["held_family"]] == [[("", {"a": "b"}, 4.0)]]
+    del family, metric
+    import gc
+
+    gc.collect()
+    assert "held_family" not in {name for name, *_ in metrics.families()}, "an unloaded model's metrics go"
