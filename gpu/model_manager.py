@@ -248,6 +248,10 @@ class ModelManager:
                 raise BadRequest(f"requested model version is not available for model '{name}'")
         return found
 
+    def model_names(self) -> set[str]:
+        """Every model name the repository or the manager knows (loaded or not)."""
+        return set(self._records) | set(self._sources) | set(self._unservable)
+
     @staticmethod
     def custom_metric_families() -> list[tuple[str, str, Any, list[Any]]]:
         """The models' live pb_utils.MetricFamily objects (name, description, kind, metrics), for /metrics."""

@@ -24,10 +24,11 @@ from evserve.server.logging_handlers import logging_settings
 from evserve.server.model_handlers import ModelHandlers
 from evserve.server.offload import OffloadPool
 from evserve.server.repository_handlers import RepositoryHandlers
-from evserve.server.responses import empty_reply, error_reply, json_reply
+from evserve.server.responses import empty_reply, error_reply, json_reply, parse_json_body
 from evserve.server.restricted_api import restrictions_by_endpoint
 from evserve.server.runtime import loop_thread_count, server_version
 from evserve.server.shm_handlers import SharedMemoryHandlers
+from evserve.server.trace import TraceManager
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -46,6 +47,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
     "msgpack_tensor_data",
 )
@@ -81,7 +83,8 @@ class HTTPAPIServer(HTTPServer):
             max_regions=config.client_shm_max_regions, max_region_bytes=config.client_shm_max_region_size
         )
         shm = SharedMemoryHandlers(self.shm_regions, self.offload, allowed=config.allow_client_shm)
-        models = ModelHandlers(manager, config, self.offload, self.shm_regions)
+        self.traces = TraceManager(config.trace)
+        models = ModelHandlers(manager, config, self.offload, self.shm_regions, self.traces)
         generate = GenerateHandlers(manager, config, self.offload)
         repository = RepositoryHandlers(manager, self.offload, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
@@ -96,6 +99,8 @@ class HTTPAPIServer(HTTPServer):
             Endpoint.MODEL_GENERATE: generate.generate,
             Endpoint.MODEL_GENERATE_STREAM: generate.generate_stream,
             Endpoint.LOGGING: logging_settings,
+            Endpoint.TRACE: self._trace_settings,
+            Endpoint.MODEL_TRACE: self._trace_settings,
             Endpoint.SYSTEM_SHM: shm.handle,
             Endpoint.CUDA_SHM: shm.handle,
             Endpoint.REPOSITORY_INDEX: repository.index,
@@ -108,6 +113,7 @@ class HTTPAPIServer(HTTPServer):
         super().stop(timeout)
         self.offload.shutdown()
         self.shm_regions.close()
+        self.traces.stop()
 
     def handle(self, request: Request) -> Response | None:
         path = request.path
@@ -143,3 +149,12 @@ class HTTPAPIServer(HTTPServer):
 
     def _server_metadata(self, request: Request, route: Route) -> Response:
         return self._metadata
+
+    def _trace_settings(self, request: Request, route: Route) -> Response:
+        """``/v2[/models/{m}]/trace/setting``: the live trace settings, global or one model's (server/trace.py)."""
+        model = route.model
+        if model is not None and model not in self.manager.model_names():
+            return Response.error(400, f"Request for unknown model : {model}")
+        if request.method == "POST":
+            return json_reply(self.traces.update(model, parse_json_body(request.body)).as_json())
+        return json_reply(self.traces.settings(model).as_json())

@@ -24,6 +24,7 @@ from evserve.server.http_server import AddressInUse
 from evserve.server.restricted_api import parse_restrictions
 from evserve.server.runtime import describe_interpreter, free_threaded_build, gil_enabled, server_version, usable_cores
 from evserve.server.startup_report import model_table
+from evserve.server.trace import parse_trace_config
 
 log = logging.getLogger("evserve.server")
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                "statistics, trace, logging) only with header KEY: VALUE; repeatable")
     _flag(http, "--http-header-forward-pattern", default=None, metavar="REGEX",
           help="request headers whose name matches REGEX (case-insensitive) reach the model as request parameters")
+    _flag(http, "--trace-config", action="append", default=[], metavar="[MODE,]KEY=VALUE",
+          help="Triton's trace settings: file=PATH, level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
+               "log-frequency=N (repeatable; change them live at /v2/trace/setting)")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
           help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")
     _flag(http, "--server-name", "--id", dest="server_name", default="evserve",
@@ -218,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow_client_shm=args.allow_client_shm,
         restricted_apis=parse_restrictions(args.http_restricted_api),
         header_forward_pattern=_regex(args.http_header_forward_pattern),
+        trace=parse_trace_config(args.trace_config),
         client_shm_max_regions=args.client_shm_max_regions,
         client_shm_max_region_size=args.client_shm_max_region_size,
         metrics_address=args.metrics_address,

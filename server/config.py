@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evserve.gpu.options import ModelManagerOptions
+from evserve.server.trace import TraceSettings
 
 MIB = 1024 * 1024
 
@@ -102,6 +103,8 @@ class Config:
     models: ModelManagerOptions = field(default_factory=ModelManagerOptions)
     # --http-header-forward-pattern: a regex over request header names (None: forward nothing).
     header_forward_pattern: str | None = None
+    # --trace-config, parsed (server/trace.py).
+    trace: TraceSettings = field(default_factory=TraceSettings)
     # --http-restricted-api: (API group, header, value), parsed by server/restricted_api.py.
     restricted_apis: tuple[tuple[str, str, str], ...] = ()
     # Client shared memory (Triton 2.73: off by default; a region lets a client map into the server).

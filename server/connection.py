@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ import httptools
 
 from evserve.protocol.http import CONTINUE_100, LAST_CHUNK, chunk, response_head
 from evserve.server import log as server_log
+from evserve.server import trace
 from evserve.server.connection_state import (
     ANSWER_ALLOWED,
     LIFECYCLE_ALLOWED,
@@ -279,7 +281,10 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._seq += 1
-        self._cycle.begin(Request(self, self._seq))
+        req = Request(self, self._seq)
+        if trace.TRACING:
+            req.recv_start = time.monotonic_ns()
+        self._cycle.begin(req)
         if self._phase is _PHASE_IDLE:
             self._set_phase(_HEAD)
 
@@ -353,6 +358,8 @@ class HttpConnection(asyncio.Protocol):
         cycle = self._cycle
         req = cycle.request
         assert req is not None
+        if trace.TRACING:
+            req.recv_end = time.monotonic_ns()
         cycle.request = None  # the ready queue owns it now
         cycle.expect_continue = False  # the whole body is here: no 100 Continue is owed any more
         ready = self._flow.ready
@@ -448,10 +455,16 @@ class HttpConnection(asyncio.Protocol):
             head = response_head(response.status, headers, content_length=response.body_length, keep_alive=keep_alive)
             if heads is not None:
                 heads[keep_alive] = head
+        traced = req.trace if req is not None else None
+        if traced is not None:
+            traced.mark("HTTP_SEND_START")
         if req is not None and req.method == "HEAD":
             transport.write(head)
         else:
             transport.writelines([head, *response.buffers])
+        if traced is not None:
+            traced.mark("HTTP_SEND_END")
+            traced.done()
         if server_log.ACCESS_LOG and req is not None:
             server_log.log_access(req.method, req.path, req.version, response.status, response.body_length)
         self._served += 1

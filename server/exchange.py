@@ -20,6 +20,7 @@ from evserve.server.stream_window import StreamWindow
 if TYPE_CHECKING:
     from evserve.server.connection import HttpConnection
     from evserve.server.loop_thread import LoopThread
+    from evserve.server.trace import Trace
 
 
 class Response:
@@ -68,6 +69,7 @@ class Request:
 
     __slots__ = (
         "method", "path", "query", "version", "headers", "fields", "repeated", "body", "keep_alive", "_conn", "_seq",
+        "trace", "recv_start", "recv_end",
     )
 
     def __init__(self, conn: HttpConnection, seq: int) -> None:
@@ -84,6 +86,10 @@ class Request:
         self.repeated: set[str] = _NONE_REPEATED
         self.body = bytearray()
         self.keep_alive = True
+        # Set only for a request that tracing sampled (server/trace.py), with its receive times.
+        self.trace: Trace | None = None
+        self.recv_start = 0
+        self.recv_end = 0
 
     def add_repeated(self, name: str) -> None:
         """Note that header ``name`` was sent more than once."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, ServedModel
@@ -28,6 +29,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
+from evserve.server.trace import Trace, TraceManager
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -43,8 +45,11 @@ def is_msgpack(request: Request) -> bool:
 
 
 class ModelHandlers:
-    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool, shm: RegionRegistry) -> None:
+    def __init__(
+        self, manager: ModelManager, config: Config, offload: OffloadPool, shm: RegionRegistry, traces: TraceManager
+    ) -> None:
         self.manager = manager
+        self.traces = traces
         self.max_input_size = config.limits.max_input_size
         self.offload = offload
         self.shm = shm
@@ -98,16 +103,29 @@ class ModelHandlers:
             # Decompression or a large JSON parse would stall this loop's other connections.
             ticket = request.pause()
             try:
-                self.offload.submit(self._decode_and_submit, ticket, version, body, leases)
+                self.offload.submit(self._decode_and_submit, ticket, version, body, leases, request)
             except ProtocolError as exc:
                 ticket.finish(error_reply(exc))
             return None
         infer_request = self._decode(version, body, leases)
+        traced = self._sample(request, version, infer_request) if self.traces.active else None
         # Submitted once this loop iteration's requests are all decoded: one worker wake-up per burst.
         request.owner.after_burst(
-            self._submit, request.pause(), version, infer_request, body.accept_encoding, leases
+            self._submit, request.pause(), version, infer_request, body.accept_encoding, leases, traced
         )
         return None
+
+    def _sample(self, request: Request, version: ServedModel, infer_request: InferRequest) -> Trace | None:
+        """Start a trace if this request is sampled; it rides on the request and its completion."""
+        traced = self.traces.sample(version.name, version.version_str, infer_request.id)
+        if traced is not None:
+            traced.mark("HTTP_RECV_START", request.recv_start or None)
+            traced.mark("HTTP_RECV_END", request.recv_end or None)
+            now = time.monotonic_ns()
+            traced.mark("REQUEST_START", now)
+            traced.mark("QUEUE_START", now)
+            request.trace = traced
+        return traced
 
     def _decode(self, version: ServedModel, body: _InferBody, leases: Leases) -> InferRequest:
         try:
@@ -127,26 +145,47 @@ class ModelHandlers:
             decoded.parameters = {**decoded.parameters, **body.forwarded}
         return decoded
 
-    def _decode_and_submit(self, ticket: Ticket, version: ServedModel, body: _InferBody, leases: Leases) -> None:
-        """On the offload pool: decode, then queue for the model like the inline path."""
+    def _decode_and_submit(
+        self, ticket: Ticket, version: ServedModel, body: _InferBody, leases: Leases, request: Request
+    ) -> None:
+        """On the offload pool: decode, then queue for the model like the inline path.
+
+        The paused request is read and its trace set here; the loop thread reads it back only when
+        the reply comes through the ticket's defer, which orders the two.
+        """
         try:
             infer_request = self._decode(version, body, leases)
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
             return
-        self._submit(ticket, version, infer_request, body.accept_encoding, leases)
+        traced = self._sample(request, version, infer_request) if self.traces.active else None
+        self._submit(ticket, version, infer_request, body.accept_encoding, leases, traced)
 
     @staticmethod
     def _submit(
-        ticket: Ticket, version: ServedModel, infer_request: InferRequest, accept: str | None, leases: Leases
+        ticket: Ticket, version: ServedModel, infer_request: InferRequest, accept: str | None, leases: Leases,
+        traced: Trace | None = None,
     ) -> None:
         completion = _Completion(ticket, infer_request, accept, version, leases)
         job = ExecRequest(request=infer_request, complete=completion, cancelled=ticket.cancelled)
+        if traced is not None:
+            completion.trace = (traced, job)
         try:
             version.submit(job)
         except ProtocolError as exc:
             leases.release()
             ticket.finish(error_reply(exc))
+
+
+def _mark_compute(traced: Trace, job: ExecRequest) -> None:
+    """Triton's compute timestamps of a finished job (from the marks its worker and instance left)."""
+    end = time.monotonic_ns()
+    for name, ns in (("COMPUTE_START", job.compute_start), ("COMPUTE_INPUT_END", job.input_end),
+                     ("COMPUTE_OUTPUT_START", job.output_start)):
+        if ns >= 0:
+            traced.mark(name, ns)
+    for name in ("COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END"):
+        traced.mark(name, end)
 
 
 def _answer_readiness(ticket: Ticket, served: ServedModel) -> None:
@@ -183,7 +222,7 @@ class _InferBody:
 class _Completion:
     """Runs on the worker thread when the model has answered: encode, then defer the reply."""
 
-    __slots__ = ("ticket", "request", "accept_encoding", "served", "leases")
+    __slots__ = ("ticket", "request", "accept_encoding", "served", "leases", "trace")
 
     def __init__(
         self, ticket: Ticket, request: InferRequest, accept_encoding: str | None, served: ServedModel, leases: Leases
@@ -193,6 +232,7 @@ class _Completion:
         self.accept_encoding = accept_encoding
         self.served = served
         self.leases = leases
+        self.trace: tuple[Trace, ExecRequest] | None = None
 
     def _labels(self) -> dict[str, list[str]] | None:
         """Class labels for classification outputs, read here on the worker thread (disk I/O)."""
@@ -205,6 +245,8 @@ class _Completion:
         return {name: self.served.labels(name) for name in wanted}
 
     def __call__(self, result: InferResponse | ProtocolError) -> None:
+        if self.trace is not None:
+            _mark_compute(*self.trace)
         try:
             self._answer(result)
         finally:

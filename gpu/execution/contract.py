@@ -59,8 +59,8 @@ class ExecRequest:
     """
 
     __slots__ = (
-        "request", "complete", "cancelled", "stream", "on_finish", "on_response", "input_end", "output_start",
-        "_lock", "_done",
+        "request", "complete", "cancelled", "stream", "on_finish", "on_response", "compute_start", "input_end",
+        "output_start", "_lock", "_done",
     )
 
     def __init__(
@@ -76,6 +76,7 @@ class ExecRequest:
         self.stream = stream
         self.on_finish: Callable[[Result | None], None] | None = None
         self.on_response: Callable[[str, int, int], None] | None = None
+        self.compute_start = -1  # set by the worker when the job's batch starts
         self.input_end = -1
         self.output_start = -1
         self._lock = threading.Lock()

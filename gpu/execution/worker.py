@@ -282,6 +282,7 @@ class InstanceWorker:
         start = _now_ns()
         for admitted in live:
             admitted.t_start = start
+            admitted.job.compute_start = start
         try:
             self.instance.execute([a.job for a in live])
         except BaseException as exc:  # model code may raise anything, SystemExit included

@@ -1,0 +1,125 @@
+"""Tracing against a real server: Triton's settings API (texts measured on tritonserver 2.51) and trace files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SIMPLE_INPUTS, call, copy_simple, simple_infer, wait_for
+from tests.evserve_process import SERVER_COMMAND, EvserveProcess
+
+ORDER = ["HTTP_RECV_START", "HTTP_RECV_END", "REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END",
+         "COMPUTE_OUTPUT_START", "COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END", "HTTP_SEND_START",
+         "HTTP_SEND_END"]
+
+
+def _post(port: int, path: str, body: object) -> tuple[int, dict[str, object]]:
+    reply = call(port, "POST", path, json.dumps(body).encode())
+    return reply.status, reply.json()
+
+
+def _traces(path: Path) -> dict[int, dict[str, object]]:
+    """Triton's entries grouped by trace id: the head fields and the timestamps in file order."""
+    out: dict[int, dict[str, object]] = {}
+    for entry in json.loads(path.read_text()):
+        trace = out.setdefault(entry["id"], {"timestamps": []})
+        if "timestamps" in entry:
+            trace["timestamps"] += entry["timestamps"]  # type: ignore[operator]
+        else:
+            trace.update({k: v for k, v in entry.items() if k != "id"})
+    return out
+
+
+def test_settings_api_and_texts(tmp_path: Path) -> None:
+    copy_simple(tmp_path / "repo")
+    trace_file = tmp_path / "trace.json"
+    with EvserveProcess("--model-repository", str(tmp_path / "repo"), "--trace-config",
+                        f"triton,file={trace_file}", "--trace-config", "level=TIMESTAMPS",
+                        "--trace-config", "rate=1") as server:
+        port = server.port
+        assert call(port, "GET", "/v2/trace/setting").json() == {
+            "trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "-1", "log_frequency": "0",
+            "trace_file": str(trace_file), "trace_mode": "triton"}
+        status, settings = _post(port, "/v2/trace/setting", {"trace_level": ["TENSORS", "TIMESTAMPS"],
+                                                             "trace_rate": "5", "unknown": "ignored"})
+        assert status == 200 and settings["trace_level"] == ["TIMESTAMPS", "TENSORS"] and settings["trace_rate"] == "5"
+        for body, code, message in (
+            ({"trace_rate": 5}, 400, "attempt to access JSON non-string as string"),
+            ({"trace_rate": "x"}, 400, "Unable to parse 'trace_rate', got: x"),
+            ({"trace_rate": "0"}, 400, "Attempting to set invalid trace setting :sample rate must be non-zero"),
+            ({"trace_count": "-2"}, 400, "Unable to parse 'trace_count'. Expecting value >= -1, got:-2"),
+            ({"trace_level": "TIMESTAMPS"}, 400, "attempt to access JSON non-array as array"),
+            ({"trace_file": "/tmp/elsewhere.json"}, 501, "trace file location can not be updated through network"),
+        ):
+            reply = call(port, "POST", "/v2/trace/setting", json.dumps(body).encode())
+            assert reply.status == code and message in reply.error, (body, reply.body)
+        # A model's own settings override the global ones; null falls back to them.
+        status, model = _post(port, "/v2/models/simple/trace/setting", {"trace_rate": "7", "trace_level": ["OFF"]})
+        assert (status, model["trace_rate"], model["trace_level"]) == (200, "7", ["OFF"])
+        status, model = _post(port, "/v2/models/simple/trace/setting", {"trace_rate": None})
+        assert model["trace_rate"] == "5" and model["trace_level"] == ["OFF"]
+        assert call(port, "GET", "/v2/trace/setting").json()["trace_rate"] == "5"
+        status, settings = _post(port, "/v2/trace/setting", {"trace_rate": None})
+        assert settings["trace_rate"] == "1", "null resets a global field to its start-up value"
+        reply = call(port, "GET", "/v2/models/nope/trace/setting")
+        assert (reply.status, reply.error) == (400, "Request for unknown model : nope")
+
+
+def test_tracing_needs_a_file(tmp_path: Path) -> None:
+    copy_simple(tmp_path)
+    with EvserveProcess("--model-repository", str(tmp_path)) as server:
+        assert call(server.port, "GET", "/v2/trace/setting").json()["trace_level"] == ["OFF"]
+        reply = call(server.port, "POST", "/v2/trace/setting", b'{"trace_level": ["TIMESTAMPS"]}')
+        no_file = "Attempting to set invalid trace setting :trace file name is not given"
+        assert (reply.status, reply.error) == (400, no_file)
+
+
+def test_traces_are_written_in_tritons_format(tmp_path: Path) -> None:
+    copy_simple(tmp_path / "repo")
+    trace_file = tmp_path / "trace.json"
+    with EvserveProcess("--model-repository", str(tmp_path / "repo"), "--trace-config", f"triton,file={trace_file}",
+                        "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=2",
+                        "--trace-config", "log-frequency=2") as server:
+        for _ in range(5):
+            assert simple_infer(server.port, id="req-7").status == 200
+        wait_for(lambda: Path(f"{trace_file}.0").exists(), 10, "the first trace file")
+        traces = _traces(Path(f"{trace_file}.0"))
+        # rate 2: the 2nd and 4th requests; log-frequency 2: both in file .0
+        assert sorted(traces) == [1, 2]
+        for trace in traces.values():
+            assert (trace["model_name"], trace["model_version"], trace["request_id"]) == ("simple", 1, "req-7")
+            stamps = trace["timestamps"]
+            assert [s["name"] for s in stamps] == ORDER  # type: ignore[union-attr]
+            times = [s["ns"] for s in stamps]  # type: ignore[union-attr]
+            assert times == sorted(times) and times[-1] > times[0]
+        # Tracing off for the model: nothing more is sampled.
+        call(server.port, "POST", "/v2/models/simple/trace/setting", b'{"trace_level": ["OFF"]}')
+        for _ in range(4):
+            simple_infer(server.port)
+    assert not Path(f"{trace_file}.1").exists()
+
+
+def test_log_frequency_zero_writes_the_file_at_stop_and_count_bounds_it(tmp_path: Path) -> None:
+    copy_simple(tmp_path / "repo")
+    trace_file = tmp_path / "trace.json"
+    with EvserveProcess("--model-repository", str(tmp_path / "repo"), "--trace-config", f"triton,file={trace_file}",
+                        "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1",
+                        "--trace-config", "count=2") as server:
+        body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
+        for _ in range(4):
+            assert call(server.port, "POST", "/v2/models/simple/infer", body).status == 200
+        assert not trace_file.exists()
+    assert sorted(_traces(trace_file)) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("opentelemetry,url=localhost:4318", "OpenTelemetry"), ("level=LOUD", "unknown trace level"),
+     ("triton,colour=blue", "unknown setting 'colour'")],
+)
+def test_bad_trace_config_stops_the_start(flag: str, message: str) -> None:
+    done = subprocess.run([*SERVER_COMMAND, "--trace-config", flag], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and message in done.stderr
