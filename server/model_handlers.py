@@ -119,6 +119,7 @@ class ModelHandlers:
         """Start a trace if this request is sampled; it rides on the request and its completion."""
         traced = self.traces.sample(version.name, version.version_str, infer_request.id)
         if traced is not None:
+            traced.traceparent = request.fields.get("traceparent", "")
             traced.mark("HTTP_RECV_START", request.recv_start or None)
             traced.mark("HTTP_RECV_END", request.recv_end or None)
             now = time.monotonic_ns()

@@ -15,8 +15,9 @@ with 0 they are written to ``<trace_file>`` when the server stops, as Triton doe
 JSON array of Triton's entries: ``{"id", "model_name", "model_version", "request_id"}`` and
 ``{"id", "timestamps": [{"name", "ns"}]}``.
 
-TENSORS level is accepted and reported; tensor contents are not written yet, and the
-OpenTelemetry mode is not built (``--trace-config mode=opentelemetry`` is refused at start).
+TENSORS level is accepted and reported; tensor contents are not written yet. In the
+OpenTelemetry mode (``--trace-config mode=opentelemetry``) the writer thread hands each trace to
+``otel_export.py`` instead of a file.
 
 Thread-safety: settings and counters change under one lock; a request's trace is appended to
 only by the thread that holds the request at that moment (loop thread, then worker, then loop
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from evserve.protocol.errors import BadRequest, Unsupported
+from evserve.server.otel_export import OtelExporter
 
 log = logging.getLogger("evserve.server")
 
@@ -53,10 +55,17 @@ class TraceSettings:
     log_frequency: int = 0
     trace_file: str = ""
     trace_mode: str = "triton"
+    # OpenTelemetry mode: the collector's OTLP/HTTP endpoint and extra resource attributes.
+    otel_url: str = ""
+    otel_resource: tuple[tuple[str, str], ...] = ()
 
     @property
     def on(self) -> bool:
         return "OFF" not in self.trace_level and bool(self.trace_level)
+
+    @property
+    def writes_file(self) -> bool:
+        return self.trace_mode == "triton"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -74,12 +83,23 @@ def parse_trace_config(specs: list[str]) -> TraceSettings:
         key, eq, value = rest.partition("=")
         if not eq:
             raise ValueError(f"--trace-config expects [mode,]key=value, got '{spec}'")
-        if mode == "opentelemetry" or (key == "mode" and value == "opentelemetry"):
-            raise ValueError("--trace-config: the OpenTelemetry trace mode is not supported by evserve yet")
-        if mode not in ("", "triton"):
+        if mode not in ("", "triton", "opentelemetry"):
             raise ValueError(f"--trace-config: unknown trace mode '{mode}'")
         key = key.replace("-", "_")
-        if key == "file":
+        if mode == "opentelemetry":
+            if key == "url":
+                settings = replace(settings, otel_url=value)
+            elif key == "resource":
+                name, _, attribute = value.partition("=")
+                settings = replace(settings, otel_resource=(*settings.otel_resource, (name, attribute)))
+            elif not key.startswith("bsp_"):  # the batch processor's tuning is the SDK's, read from its env
+                raise ValueError(f"--trace-config: unknown OpenTelemetry setting '{key}'")
+            continue
+        if key == "mode":
+            if value not in ("triton", "opentelemetry"):
+                raise ValueError(f"--trace-config: unknown trace mode '{value}'")
+            settings = replace(settings, trace_mode=value)
+        elif key == "file":
             settings = replace(settings, trace_file=value)
         elif key == "level":
             if value.upper() not in LEVELS:
@@ -93,8 +113,15 @@ def parse_trace_config(specs: list[str]) -> TraceSettings:
                 settings = replace(settings, **{("trace_" + key if key != "log_frequency" else key): int(value)})
             except ValueError:
                 raise ValueError(f"--trace-config: {key} must be an integer, got '{value}'") from None
-        elif key != "mode":
+        else:
             raise ValueError(f"--trace-config: unknown setting '{key}'")
+    if settings.trace_mode == "opentelemetry":
+        try:
+            import opentelemetry.sdk  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--trace-config mode=opentelemetry needs the OpenTelemetry SDK: pip install 'evserve[trace]'"
+            ) from None
     return settings
 
 
@@ -151,6 +178,7 @@ class Trace:
     request_id: str
     timestamps: list[tuple[str, int]] = field(default_factory=list)
     manager: TraceManager | None = None
+    traceparent: str = ""  # the request's W3C traceparent header (OpenTelemetry mode)
 
     def done(self) -> None:
         """The reply is written: hand the trace to the writer thread."""
@@ -181,6 +209,9 @@ class TraceManager:
         self._ids = itertools.count(1)
         self._done: queue.SimpleQueue[Trace | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._otel: OtelExporter | None = None
+        if settings.trace_mode == "opentelemetry":
+            self._otel = OtelExporter(settings.otel_url, dict(settings.otel_resource))
         # Read on every request (one attribute): True while any setting has tracing on.
         self.active = settings.on
         _set_tracing(self.active)
@@ -214,7 +245,7 @@ class TraceManager:
                         overrides[key] = value
                 new = self._global
             candidate = new if model is None else replace(new, **self._models[model])
-            if candidate.on and not candidate.trace_file:
+            if candidate.on and candidate.writes_file and not candidate.trace_file:
                 if model is not None:
                     self._models[model] = {k: v for k, v in self._models[model].items() if k not in changes}
                 raise BadRequest("Attempting to set invalid trace setting :trace file name is not given")
@@ -257,6 +288,8 @@ class TraceManager:
         if self._writer is not None:
             self._done.put(None)
             self._writer.join(10)
+        if self._otel is not None:
+            self._otel.shutdown()
 
     def _write_loop(self) -> None:
         pending: list[Trace] = []
@@ -264,6 +297,11 @@ class TraceManager:
         while True:
             trace = self._done.get()
             settings = self.settings(trace.model if trace is not None else None)
+            if trace is not None and self._otel is not None:
+                self._otel.export(trace)
+                continue
+            if trace is None and self._otel is not None:
+                return
             if trace is not None:
                 pending.append(trace)
             frequency = settings.log_frequency

@@ -117,9 +117,74 @@ def test_log_frequency_zero_writes_the_file_at_stop_and_count_bounds_it(tmp_path
 
 @pytest.mark.parametrize(
     ("flag", "message"),
-    [("opentelemetry,url=localhost:4318", "OpenTelemetry"), ("level=LOUD", "unknown trace level"),
-     ("triton,colour=blue", "unknown setting 'colour'")],
+    [("opentelemetry,colour=blue", "unknown OpenTelemetry setting"), ("level=LOUD", "unknown trace level"),
+     ("triton,colour=blue", "unknown setting 'colour'"), ("mode=zipkin", "unknown trace mode")],
 )
 def test_bad_trace_config_stops_the_start(flag: str, message: str) -> None:
     done = subprocess.run([*SERVER_COMMAND, "--trace-config", flag], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and message in done.stderr
+
+
+class _OtlpReceiver:
+    """A small OTLP/HTTP collector: decodes every ExportTraceServiceRequest it is sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        spans: list[object] = []
+        self.spans = spans
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        spans.extend(scope_spans.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_opentelemetry_mode_exports_spans_to_a_collector(tmp_path: Path) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+    copy_simple(tmp_path)
+    receiver = _OtlpReceiver()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        with EvserveProcess("--model-repository", str(tmp_path), "--trace-config", "mode=opentelemetry",
+                            "--trace-config", f"opentelemetry,url={receiver.url}",
+                            "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1") as server:
+            assert call(server.port, "GET", "/v2/trace/setting").json()["trace_mode"] == "opentelemetry"
+            body = json.dumps({"id": "otel-1", "inputs": SIMPLE_INPUTS}).encode()
+            headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+            assert call(server.port, "POST", "/v2/models/simple/infer", body, headers).status == 200
+        # Stopping the server flushes the SDK's batch.
+        wait_for(lambda: len(receiver.spans) >= 2, 10, "the spans at the collector")
+    finally:
+        receiver.close()
+    by_name = {span.name: span for span in receiver.spans}  # type: ignore[attr-defined]
+    root, compute = by_name["InferRequest"], by_name["compute"]
+    assert root.trace_id.hex() == trace_id, "the caller's traceparent is the spans' parent"
+    attributes = {a.key: a.value.string_value or a.value.int_value for a in root.attributes}
+    assert attributes["triton.model_name"] == "simple" and attributes["triton.request_id"] == "otel-1"
+    assert [event.name for event in root.events] == ORDER
+    assert compute.parent_span_id == root.span_id
+    assert root.start_time_unix_nano <= compute.start_time_unix_nano <= compute.end_time_unix_nano
+    assert compute.end_time_unix_nano <= root.end_time_unix_nano
