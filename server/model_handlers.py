@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, ServedModel
-from evserve.gpu.shared_memory import Leases, RegionRegistry
+from evserve.gpu.shared_memory import NO_LEASES, Leases, RegionRegistry
 from evserve.protocol.compression import decompress
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.infer_codec import decode_infer_request, encode_infer_response, parse_header_length
@@ -97,8 +97,9 @@ class ModelHandlers:
         body = _InferBody(request)
         if self.forward is not None:
             body.forwarded = {name: value for name, value in request.headers if self.forward.search(name)}
-        # The shared-memory regions the request names stay mapped until its reply is encoded.
-        leases = Leases(self.shm)
+        # The shared-memory regions the request names stay mapped until its reply is encoded. A body
+        # whose head never says "shared_memory_region" names none: it shares the stateless NO_LEASES.
+        leases = Leases(self.shm) if body.heavy or body.names_region else NO_LEASES
         if body.heavy:
             # Decompression or a large JSON parse would stall this loop's other connections.
             ticket = request.pause()
@@ -197,7 +198,10 @@ def _answer_readiness(ticket: Ticket, served: ServedModel) -> None:
 class _InferBody:
     """What decoding needs from the request, taken on the loop thread (the request stays there)."""
 
-    __slots__ = ("data", "content_encoding", "header_length", "msgpack", "accept_encoding", "heavy", "forwarded")
+    __slots__ = (
+        "data", "content_encoding", "header_length", "msgpack", "accept_encoding", "heavy", "names_region",
+        "forwarded",
+    )
 
     def __init__(self, request: Request) -> None:
         self.data = request.body
@@ -210,7 +214,10 @@ class _InferBody:
         self.forwarded: dict[str, str] | None = None  # headers passed on to the model as parameters
         compressed = encoding is not None and encoding.strip().lower() not in ("", "identity")
         # A compressed body may inflate to --http-max-input-size whatever its size on the wire.
-        self.heavy = compressed or self._head_length() > HEAVY_BODY
+        head = self._head_length()
+        self.heavy = compressed or head > HEAVY_BODY
+        # Whether the (uncompressed) head mentions a shared-memory region: a scan of the head only.
+        self.names_region = self.data.find(b"shared_memory_region", 0, head) >= 0
 
     def _head_length(self) -> int:
         """Bytes of JSON (or msgpack) to parse: the header part of a binary body, else all of it."""

@@ -51,12 +51,25 @@ class ModelStats:
         self.batches: dict[int, list[int]] = {}
         # response index -> kind -> [count, compute_infer ns, compute_output ns]
         self.responses: dict[int, dict[str, list[int]]] = {}
+        # A plain model's one response is its request: response 0, kept as three sums per outcome
+        # (success, fail, cancel) -> [count, compute_infer ns, compute_output ns], merged at snapshot.
+        self.single: dict[str, list[int]] = {"success": [0, 0, 0], "fail": [0, 0, 0], "cancel": [0, 0, 0]}
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int, phases: tuple[int, int, int], rows: int,
-                       reason: str = "BACKEND") -> None:
-        """Account one completed request; ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed"."""
+                       reason: str = "BACKEND", responses: list[tuple[str, int, int]] | None = None) -> None:
+        """Account one completed request and its responses (kind, compute ns, output ns), under one lock.
+
+        ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed".
+        """
         input_ns, infer_ns, output_ns = phases
         with self._lock:
+            if responses:
+                self._add_responses(responses)
+            elif input_ns >= 0:
+                single = self.single["success" if ok else "cancel" if reason == "CANCELED" else "fail"]
+                single[0] += 1
+                single[1] += infer_ns
+                single[2] += output_ns
             if ok:
                 self.success_count += 1
                 self.success_ns += total_ns
@@ -90,12 +103,16 @@ class ModelStats:
             entry[2] += phases[1]
             entry[3] += phases[2]
 
-    def record_response(self, index: int, kind: str, infer_ns: int, output_ns: int) -> None:
-        """Account response ``index`` of a request (0 first) with its outcome and durations."""
-        if index >= self.MAX_RESPONSE_INDEX:
-            return
-        with self._lock:
-            entry = self.responses.setdefault(index, {}).setdefault(kind, [0, 0, 0])
+    def _add_responses(self, responses: list[tuple[str, int, int]]) -> None:
+        """Response i of a request (0 first) by outcome and durations; the caller holds the lock."""
+        table = self.responses
+        for index, (kind, infer_ns, output_ns) in enumerate(responses[: self.MAX_RESPONSE_INDEX]):
+            kinds = table.get(index)
+            if kinds is None:
+                kinds = table[index] = {}
+            entry = kinds.get(kind)
+            if entry is None:
+                entry = kinds[kind] = [0, 0, 0]
             entry[0] += 1
             entry[1] += infer_ns
             entry[2] += output_ns
@@ -120,9 +137,7 @@ class ModelStats:
                     "cache_hit": pair(0, 0),
                     "cache_miss": pair(0, 0),
                 },
-                "response_stats": {
-                    str(index): self._response_entry(kinds) for index, kinds in sorted(self.responses.items())
-                },
+                "response_stats": self._response_stats(),
                 "batch_stats": [
                     {
                         "batch_size": size,
@@ -135,6 +150,17 @@ class ModelStats:
                 # Triton lists memory the backend reports; the python backend reports none.
                 "memory_usage": [],
             }
+
+    def _response_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Triton's response_stats, the plain models' single responses folded into index 0 (lock held)."""
+        table = {index: {kind: list(v) for kind, v in kinds.items()} for index, kinds in self.responses.items()}
+        for kind, (count, infer_ns, output_ns) in self.single.items():
+            if count:
+                entry = table.setdefault(0, {}).setdefault(kind, [0, 0, 0])
+                entry[0] += count
+                entry[1] += infer_ns
+                entry[2] += output_ns
+        return {str(index): self._response_entry(kinds) for index, kinds in sorted(table.items())}
 
     @classmethod
     def _response_entry(cls, kinds: dict[str, list[int]]) -> dict[str, dict[str, int]]:

@@ -47,28 +47,27 @@ def _now_ns() -> int:
 class _Admitted:
     """An admitted job with its batch rows and timestamps; accounts it when the job finishes."""
 
-    __slots__ = ("job", "rows", "t_submit", "t_start", "_stats", "_responses", "_last_response")
+    __slots__ = ("job", "rows", "t_submit", "t_start", "phases", "_stats", "_responses", "_last_response")
 
     def __init__(self, job: ExecRequest, rows: int, stats: ModelStats | None) -> None:
         self.job = job
         self.rows = rows
         self.t_submit = _now_ns()
         self.t_start = -1
+        self.phases = _NOT_RUN  # (compute_input, compute_infer, compute_output) ns, once accounted
         self._stats = stats
-        self._responses = 0
+        # (kind, compute since the previous response, output ns) per response, accounted with the request.
+        self._responses: list[tuple[str, int, int]] = []
         self._last_response = -1
         if stats is not None:
             job.on_finish = self._account
             job.on_response = self._response
 
     def _response(self, kind: str, sent_at: int, output_ns: int) -> None:
-        """One response of the job (Triton's response_stats): compute since the last one, output time."""
-        assert self._stats is not None
+        """One response of the job (Triton's response_stats): noted here, accounted in one go at the end."""
         since = self._last_response if self._last_response >= 0 else max(self.job.input_end, self.t_start)
-        if _client_left(self.job):
-            kind = "cancel"
-        self._stats.record_response(self._responses, kind, max(sent_at - since, 0), output_ns)
-        self._responses += 1
+        if len(self._responses) < ModelStats.MAX_RESPONSE_INDEX:  # a long stream keeps only the first ones
+            self._responses.append((kind, max(sent_at - since, 0), output_ns))
         self._last_response = sent_at + output_ns
 
     def _account(self, result: Result | None) -> None:
@@ -77,37 +76,37 @@ class _Admitted:
         now = _now_ns()
         started = self.t_start >= 0
         ok = not isinstance(result, ProtocolError)
-        if _client_left(self.job):
+        try:
+            left = bool(self.job.cancelled())
+        except Exception:
+            _log.exception("cancelled() check failed")
+            left = False
+        if left:
             # The client went away (a closed stream, a paused /infer whose socket closed): Triton's CANCELED.
             ok, reason = False, "CANCELED"
         elif started:
             reason = "BACKEND"
         else:
             reason = "CANCELED" if getattr(result, "message", "") == CANCELLED else "OTHER"
-        phases = _phases(self.job, self.t_start, now) if started else (-1, -1, -1)
+        if started:
+            # Triton's compute split, from the marks the worker and the instance left on the job.
+            job = self.job
+            start = self.t_start
+            input_end = job.input_end if job.input_end >= start else start
+            output_start = job.output_start if job.output_start >= input_end else now
+            phases = self.phases = (input_end - start, output_start - input_end, max(now - output_start, 0))
+        else:
+            phases = _NOT_RUN
+        responses = self._responses  # empty for a plain model: its one response is the request (stats.py)
+        if left and responses:
+            responses = [("cancel", infer, output) for _, infer, output in responses]
         self._stats.record_request(
-            ok,
-            now - self.t_submit,
-            (self.t_start - self.t_submit) if started else -1,
-            phases,
-            self.rows,
-            reason,
+            ok, now - self.t_submit, (self.t_start - self.t_submit) if started else -1, phases, self.rows, reason,
+            responses,
         )
 
 
-def _phases(job: ExecRequest, start: int, end: int) -> tuple[int, int, int]:
-    """(compute_input, compute_infer, compute_output) ns of a job from its instance's marks."""
-    input_end = job.input_end if job.input_end >= start else start
-    output_start = job.output_start if job.output_start >= input_end else end
-    return input_end - start, output_start - input_end, max(end - output_start, 0)
-
-
-def _client_left(job: ExecRequest) -> bool:
-    try:
-        return bool(job.cancelled())
-    except Exception:
-        _log.exception("cancelled() check failed")
-        return False
+_NOT_RUN = (-1, -1, -1)
 
 
 class InstanceWorker:
@@ -292,7 +291,11 @@ class InstanceWorker:
                 admitted.job.finish(failure)
         end = _now_ns()
         if self.stats is not None:
-            self.stats.record_execution(rows, _phases(live[0].job, start, end))
+            first = live[0]
+            # The batch's split is its first job's (all share the marks); a job still running (a
+            # decoupled model's) counts its whole time as infer.
+            phases = first.phases if first.phases is not _NOT_RUN else (0, end - start, 0)
+            self.stats.record_execution(rows, phases)
         with self._lock:
             self.in_flight -= len(live)
             self.executions += 1

@@ -63,7 +63,9 @@ class Reply:
     def _on_send(self, response: pb_utils.InferenceResponse | None, flags: int) -> None:
         """Called by the sender (under its lock) for every response it accepted."""
         job = self.job
-        started = time.monotonic_ns() if job.on_response is not None else 0
+        # A decoupled model's responses are timed one by one; a plain model's one response is the
+        # request's own compute split (the worker derives it), so the common path pays nothing here.
+        started = time.monotonic_ns() if job.on_response is not None and self._instance.decoupled else 0
         item = None if response is None else self._instance.convert(response, job.request, self.requested)
         final = flags == pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if started and not job.done:

@@ -5,6 +5,6 @@ their reference counts; ``system.py`` opens and maps POSIX shared-memory objects
 opens CUDA IPC handles with CuPy where a GPU is present.
 """
 
-from evserve.gpu.shared_memory.registry import Leases, Region, RegionRegistry
+from evserve.gpu.shared_memory.registry import NO_LEASES, Leases, Region, RegionRegistry
 
-__all__ = ["Leases", "Region", "RegionRegistry"]
+__all__ = ["NO_LEASES", "Leases", "Region", "RegionRegistry"]

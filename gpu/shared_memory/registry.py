@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from evserve.protocol.errors import BadRequest, NotFound
-from evserve.protocol.shared_memory import ShmRef
+from evserve.protocol.shared_memory import ShmRef, unresolvable
 
 SYSTEM, CUDA = "system", "cuda"
 
@@ -179,3 +179,24 @@ class Leases:
         held, self._held = self._held, []
         for region in held:
             self._registry.release(region)
+
+
+class _NoLeases(Leases):
+    """The resolver of a request whose body names no region: nothing to hold, nothing to release.
+
+    Shared by every such request (it never holds anything), so the common path allocates nothing.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, ref: ShmRef) -> memoryview:
+        return unresolvable(ref)
+
+    def release(self) -> None:
+        pass
+
+
+NO_LEASES = _NoLeases()
