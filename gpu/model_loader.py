@@ -59,6 +59,7 @@ class ModelLoader:
         self.disable_auto_complete = options.disable_auto_complete
         self.queue_capacity = options.queue_capacity
         self.isolation = options.isolation
+        self.latency_summaries = options.latency_summaries
         # Told when an instance of a served version gives up for good (the manager shows it).
         self.on_gave_up = on_gave_up
 
@@ -111,7 +112,7 @@ class ModelLoader:
     def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel,
                      model_dir: str) -> ModelVersion:
         """Initialise every instance of one version and start its workers."""
-        stats = ModelStats()
+        stats = ModelStats(latency_summaries=self.latency_summaries)
         batching = config.dynamic_batching
         if batching is not None:
             _warn_unenforced(name, batching)

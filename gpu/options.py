@@ -37,6 +37,8 @@ class ModelManagerOptions:
     # Where python-backend instances run by default: "thread" (in the server) or "process" (a
     # child each); a model's EVSERVE_MODEL_ISOLATION parameter overrides it.
     isolation: str = "thread"
+    # --metrics-config summary_latencies=true: keep recent latencies for Triton's *_summary_us families.
+    latency_summaries: bool = False
 
     def __post_init__(self) -> None:
         # A list given for the model names is kept as a tuple, so the options stay immutable.

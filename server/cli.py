@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(metrics, "--allow-metrics", True, "serve Prometheus metrics (default true)")
     _flag(metrics, "--metrics-port", type=int, default=8002, help="metrics port (default 8002)")
     _flag(metrics, "--metrics-address", type=address, default=None, help="default: --http-address")
+    _flag(metrics, "--metrics-config", action="append", default=[], metavar="KEY=VALUE",
+          help="Triton's metric switches: counter_latencies, summary_latencies, histogram_latencies (true/false), "
+               "summary_quantiles=0.5:0.05,0.9:0.01,...")
+    _flag(metrics, "--metrics-interval-ms", type=int, default=2000,
+          help="accepted for Triton command lines; evserve reads every value at scrape time")
 
     shm = parser.add_argument_group("client shared memory")
     _bool_flag(shm, "--allow-client-shm", False,
@@ -163,6 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_config(specs: list[str]) -> dict[str, object]:
+    """``--metrics-config key=value`` values (Triton's keys) as Config fields; ValueError for the rest."""
+    out: dict[str, object] = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq:
+            raise ValueError(f"--metrics-config expects key=value, got '{spec}'")
+        if key in ("counter_latencies", "summary_latencies", "histogram_latencies"):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--metrics-config {key} takes true or false, got '{value}'")
+            out["metrics_" + key] = value.lower() in ("true", "1")
+        elif key == "summary_quantiles":
+            try:
+                out["metrics_summary_quantiles"] = tuple(float(p.split(":")[0]) for p in value.split(","))
+            except ValueError:
+                raise ValueError(f"--metrics-config summary_quantiles: bad value '{value}'") from None
+        elif key != "summary_max_age":  # quantiles here are over the last 4096 requests, not a time window
+            raise ValueError(f"--metrics-config: unknown key '{key}'")
+    return out
+
+
 def _regex(pattern: str | None) -> str | None:
     """The pattern, checked: a regex that does not compile is a start-up error, not a surprise per request."""
     if pattern is not None:
@@ -183,6 +209,7 @@ def address(text: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    metrics_config = _metrics_config(args.metrics_config)
     limits = Limits(
         max_request_line=args.http_max_request_line,
         max_header_field=args.http_max_header_field,
@@ -210,6 +237,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         disable_auto_complete=args.disable_auto_complete_config or args.strict_model_config,
         queue_capacity=args.max_queue_size,
         isolation=args.model_isolation,
+        latency_summaries=bool(metrics_config.get("metrics_summary_latencies", False)),
     )
     return Config(
         http_address=args.http_address,
@@ -219,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         reuse_port=args.reuse_http_port,
         allow_http=args.allow_http,
         allow_metrics=args.allow_metrics,
+        **metrics_config,
         allow_client_shm=args.allow_client_shm,
         restricted_apis=parse_restrictions(args.http_restricted_api),
         header_forward_pattern=_regex(args.http_header_forward_pattern),

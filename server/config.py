@@ -92,6 +92,11 @@ class Config:
     allow_metrics: bool = True
     metrics_address: str | None = None
     metrics_port: int = 8002
+    # --metrics-config (Triton's keys): which latency families /metrics carries.
+    metrics_counter_latencies: bool = True
+    metrics_summary_latencies: bool = False
+    metrics_histogram_latencies: bool = False
+    metrics_summary_quantiles: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
     # Triton's --exit-timeout-secs default.
     exit_timeout: float = 30.0
     log_verbose: int = 0

@@ -30,8 +30,13 @@ def server_families(threads: list[ThreadStats]) -> list[Family]:
     return [live, served]
 
 
-def model_families(manager: ModelManager) -> list[Family]:
-    """Triton's nv_inference_* families (same names, types and labels), per ready version."""
+def model_families(manager: ModelManager, config: Config | None = None) -> list[Family]:
+    """Triton's nv_inference_* families (same names, types and labels), per ready version.
+
+    ``--metrics-config`` chooses the latency families as Triton's does: the duration counters
+    (on by default), ``*_summary_us`` summaries and the first-response histogram (off by default).
+    """
+    config = config or Config()
     success = Family("nv_inference_request_success", "counter", "Number of successful inference requests")
     failure = Family("nv_inference_request_failure", "counter", "Number of failed inference requests")
     count = Family("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)")
@@ -66,9 +71,52 @@ def model_families(manager: ModelManager) -> list[Family]:
         for instance, resident, restarted in version.child_processes():
             rss.add({**labels, "instance": instance}, resident)
             restarts.add({**labels, "instance": instance}, restarted)
-    families = [success, failure, count, executions, pending, request_us, queue_us, input_us, infer_us, output_us,
-                load_s]
+    families = [success, failure, count, executions, pending]
+    if config.metrics_counter_latencies:
+        families += [request_us, queue_us, input_us, infer_us, output_us]
+    families.append(load_s)
+    if config.metrics_summary_latencies:
+        families += _summaries(manager, config.metrics_summary_quantiles)
+    if config.metrics_histogram_latencies:
+        families.append(_first_response_histogram(manager))
     return families + [family for family in (rss, restarts) if family.samples]
+
+
+_SUMMARY_HELP = {
+    "request": "Summary of inference request duration in microseconds",
+    "queue": "Summary of inference queuing duration in microseconds",
+    "compute_input": "Summary of compute input duration in microseconds",
+    "compute_infer": "Summary of compute inference duration in microseconds",
+    "compute_output": "Summary of inference compute output duration in microseconds",
+}
+
+
+def _summaries(manager: ModelManager, quantiles: tuple[float, ...]) -> list[Family]:
+    out = []
+    for name, text in _SUMMARY_HELP.items():
+        family = Family(f"nv_inference_{name}_summary_us", "summary", text)
+        for version in manager.ready_versions():
+            labels = {"model": version.name, "version": version.version_str}
+            points, total, count = version.stats.latency_summary(name, quantiles)
+            for quantile, value in points:
+                family.add({**labels, "quantile": repr(quantile)}, value)
+            family.add(labels, total, "_sum")
+            family.add(labels, count, "_count")
+        out.append(family)
+    return out
+
+
+def _first_response_histogram(manager: ModelManager) -> Family:
+    family = Family("nv_inference_first_response_histogram_ms", "histogram",
+                    "Duration from request to first response in milliseconds")
+    for version in manager.ready_versions():
+        labels = {"model": version.name, "version": version.version_str}
+        buckets, total, count = version.stats.first_response_histogram()
+        for bound, running in buckets:
+            family.add({**labels, "le": "+Inf" if bound == float("inf") else repr(bound)}, running, "_bucket")
+        family.add(labels, total, "_sum")
+        family.add(labels, count, "_count")
+    return family
 
 
 _PROMETHEUS_KIND = {0: "counter", 1: "gauge", 2: "histogram"}
@@ -96,6 +144,7 @@ class HTTPMetricsServer(HTTPServer):
                          limits=config.limits)
         self._threads: Callable[[], list[ThreadStats]] = api.thread_stats
         self._manager = manager
+        self._config = config
 
     def handle(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -104,7 +153,7 @@ class HTTPMetricsServer(HTTPServer):
             return Response(200)
         families = server_families(self._threads())
         if self._manager is not None:
-            families += model_families(self._manager)
+            families += model_families(self._manager, self._config)
             families += custom_families(self._manager)
         families += host_families()
         return Response(200, [("Content-Type", CONTENT_TYPE)], [render(families)])

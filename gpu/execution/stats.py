@@ -7,8 +7,10 @@ snapshot consistent, and it is held only for a few additions.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
+from collections import deque
 from typing import Any
 
 
@@ -30,9 +32,22 @@ class ModelStats:
     MAX_RESPONSE_INDEX = 1024
 
     FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+    # Triton's nv_inference_first_response_histogram_ms buckets (ms), and how many recent
+    # latencies a summary's quantiles are computed over.
+    FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
+    SUMMARY_WINDOW = 4096
+    SUMMARIES = ("request", "queue", "compute_input", "compute_infer", "compute_output")
 
-    def __init__(self) -> None:
+    def __init__(self, *, latency_summaries: bool = False) -> None:
         self._lock = threading.Lock()
+        # Time to first response (ms): cumulative bucket counts (+Inf last), sum and count.
+        self.first_response = [0] * (len(self.FIRST_RESPONSE_BUCKETS_MS) + 1)
+        self.first_response_sum_ms = 0.0
+        self.first_response_count = 0
+        # Recent latencies (us) per summary family, only when --metrics-config summary_latencies=true.
+        self.recent: dict[str, deque[float]] | None = (
+            {name: deque(maxlen=self.SUMMARY_WINDOW) for name in self.SUMMARIES} if latency_summaries else None
+        )
         self.success_count = 0
         self.success_ns = 0
         self.fail_count = 0
@@ -56,13 +71,27 @@ class ModelStats:
         self.single: dict[str, list[int]] = {"success": [0, 0, 0], "fail": [0, 0, 0], "cancel": [0, 0, 0]}
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int, phases: tuple[int, int, int], rows: int,
-                       reason: str = "BACKEND", responses: list[tuple[str, int, int]] | None = None) -> None:
+                       reason: str = "BACKEND", responses: list[tuple[str, int, int]] | None = None,
+                       first_response_ns: int = -1) -> None:
         """Account one completed request and its responses (kind, compute ns, output ns), under one lock.
 
-        ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed".
+        ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed"; ``first_response_ns`` is the
+        time from arrival to the first response (-1: none was sent).
         """
         input_ns, infer_ns, output_ns = phases
         with self._lock:
+            if first_response_ns >= 0:
+                ms = first_response_ns / 1e6
+                self.first_response[bisect.bisect_left(self.FIRST_RESPONSE_BUCKETS_MS, ms)] += 1
+                self.first_response_sum_ms += ms
+                self.first_response_count += 1
+            recent = self.recent
+            if recent is not None and input_ns >= 0:
+                recent["request"].append(total_ns / 1e3)
+                recent["queue"].append(queue_ns / 1e3)
+                recent["compute_input"].append(input_ns / 1e3)
+                recent["compute_infer"].append(infer_ns / 1e3)
+                recent["compute_output"].append(output_ns / 1e3)
             if responses:
                 self._add_responses(responses)
             elif input_ns >= 0:
@@ -174,6 +203,25 @@ class ModelStats:
             n, infer_ns, output_ns = kinds.get(kind, (0, 0, 0))
             entry[kind] = {"count": n, "ns": infer_ns + output_ns}
         return entry
+
+    def first_response_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Cumulative (upper bound ms, count) pairs ending with +Inf, the sum (ms) and the count."""
+        with self._lock:
+            bounds = [*self.FIRST_RESPONSE_BUCKETS_MS, float("inf")]
+            running, buckets = 0, []
+            for bound, count in zip(bounds, self.first_response, strict=True):
+                running += count
+                buckets.append((bound, running))
+            return buckets, self.first_response_sum_ms, self.first_response_count
+
+    def latency_summary(self, name: str, quantiles: tuple[float, ...]) -> tuple[list[tuple[float, float]], float, int]:
+        """(quantile, us) over the recent window, and the window's sum and count; empty when not kept."""
+        with self._lock:
+            values = sorted(self.recent[name]) if self.recent is not None else []
+        if not values:
+            return [], 0.0, 0
+        last = len(values) - 1
+        return [(q, values[min(last, int(q * len(values)))]) for q in quantiles], sum(values), len(values)
 
     def failure_counts(self) -> dict[str, int]:
         """Failures by Prometheus ``reason`` label (REJECTED, CANCELED, BACKEND, OTHER)."""

@@ -47,7 +47,9 @@ def _now_ns() -> int:
 class _Admitted:
     """An admitted job with its batch rows and timestamps; accounts it when the job finishes."""
 
-    __slots__ = ("job", "rows", "t_submit", "t_start", "phases", "_stats", "_responses", "_last_response")
+    __slots__ = (
+        "job", "rows", "t_submit", "t_start", "phases", "_stats", "_responses", "_last_response", "_first_response",
+    )
 
     def __init__(self, job: ExecRequest, rows: int, stats: ModelStats | None) -> None:
         self.job = job
@@ -59,12 +61,15 @@ class _Admitted:
         # (kind, compute since the previous response, output ns) per response, accounted with the request.
         self._responses: list[tuple[str, int, int]] = []
         self._last_response = -1
+        self._first_response = -1
         if stats is not None:
             job.on_finish = self._account
             job.on_response = self._response
 
     def _response(self, kind: str, sent_at: int, output_ns: int) -> None:
         """One response of the job (Triton's response_stats): noted here, accounted in one go at the end."""
+        if self._first_response < 0:
+            self._first_response = sent_at
         since = self._last_response if self._last_response >= 0 else max(self.job.input_end, self.t_start)
         if len(self._responses) < ModelStats.MAX_RESPONSE_INDEX:  # a long stream keeps only the first ones
             self._responses.append((kind, max(sent_at - since, 0), output_ns))
@@ -100,9 +105,11 @@ class _Admitted:
         responses = self._responses  # empty for a plain model: its one response is the request (stats.py)
         if left and responses:
             responses = [("cancel", infer, output) for _, infer, output in responses]
+        # The first response: the first one a decoupled model sent, else the answer itself.
+        first = self._first_response if self._first_response >= 0 else (now if started and result is not None else -1)
         self._stats.record_request(
             ok, now - self.t_submit, (self.t_start - self.t_submit) if started else -1, phases, self.rows, reason,
-            responses,
+            responses, (first - self.t_submit) if first >= 0 else -1,
         )
 
 

@@ -253,3 +253,34 @@ def test_custom_and_triton_metrics_parse_with_prometheus_client(tmp_path: Path) 
     assert sample("nv_cpu_memory_used_bytes", "nv_cpu_memory_used_bytes") > 0
     assert sample("nv_cpu_memory_total_bytes", "nv_cpu_memory_total_bytes") >= sample(
         "nv_cpu_memory_used_bytes", "nv_cpu_memory_used_bytes")
+
+
+def test_metrics_config_switches_latency_families(tmp_path: Path) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    copy_simple(tmp_path)
+    with EvserveProcess("--model-repository", str(tmp_path), "--metrics-config", "summary_latencies=true",
+                        "--metrics-config", "histogram_latencies=true", "--metrics-config", "counter_latencies=false",
+                        "--metrics-config", "summary_quantiles=0.5:0.05,0.99:0.001",
+                        "--metrics-interval-ms", "1000") as server:
+        for _ in range(4):
+            assert call(server.port, "POST", "/v2/models/simple/infer", json.dumps({"inputs": SIMPLE_INPUTS}).encode(),
+                        ).status == 200
+        text = call(server.metrics_port, "GET", "/metrics").body.decode()
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+    assert "nv_inference_request_duration_us" not in families, "counter_latencies=false drops the counters"
+    summary = families["nv_inference_request_summary_us"]
+    assert summary.type == "summary"
+    quantiles = {s.labels["quantile"]: s.value for s in summary.samples if "quantile" in s.labels}
+    assert set(quantiles) == {"0.5", "0.99"} and 0 < quantiles["0.5"] <= quantiles["0.99"]
+    assert next(s.value for s in summary.samples if s.name.endswith("_count")) == 4
+    for name in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert f"nv_inference_{name}_summary_us" in families
+    histogram = families["nv_inference_first_response_histogram_ms"]
+    assert histogram.type == "histogram"
+    assert next(s.value for s in histogram.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf") == 4
+
+
+def test_bad_metrics_config_stops_the_start() -> None:
+    done = subprocess.run([*SERVER_COMMAND, "--metrics-config", "colour=blue"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "unknown key 'colour'" in done.stderr

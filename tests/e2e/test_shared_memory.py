@@ -20,15 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
-pytest.importorskip("tritonclient.http")
-import tritonclient.http as httpclient  # noqa: E402
-import tritonclient.utils.shared_memory as shm  # noqa: E402
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size  # noqa: E402
-
-from evserve.gpu import EXAMPLE_REPOSITORY  # noqa: E402
-from tests.e2e.conftest import call, copy_simple, post_json  # noqa: E402
-from tests.evserve_process import EvserveProcess  # noqa: E402
+from evserve.gpu import EXAMPLE_REPOSITORY
+from tests.e2e.conftest import call, copy_simple, post_json
+from tests.evserve_process import EvserveProcess
 
 # Writes 99 into the first element of its input in place, then sleeps SLEEP seconds: a client that
 # then reads its input region sees the model wrote into the very bytes the client shared.
