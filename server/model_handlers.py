@@ -126,6 +126,10 @@ class ModelHandlers:
             now = time.monotonic_ns()
             traced.mark("REQUEST_START", now)
             traced.mark("QUEUE_START", now)
+            if traced.tensors is not None:
+                for activity in ("TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_INPUT"):
+                    for tensor in infer_request.inputs:
+                        traced.add_tensor(activity, tensor.name, tensor.datatype, tensor.shape, tensor.data)
             request.trace = traced
         return traced
 
@@ -255,6 +259,10 @@ class _Completion:
     def __call__(self, result: InferResponse | ProtocolError) -> None:
         if self.trace is not None:
             _mark_compute(*self.trace)
+            if self.trace[0].tensors is not None and isinstance(result, InferResponse):
+                for output in result.outputs:
+                    self.trace[0].add_tensor("TENSOR_BACKEND_OUTPUT", output.name, output.datatype, output.shape,
+                                             output.data)
         try:
             self._answer(result)
         finally:

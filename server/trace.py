@@ -15,7 +15,9 @@ with 0 they are written to ``<trace_file>`` when the server stops, as Triton doe
 JSON array of Triton's entries: ``{"id", "model_name", "model_version", "request_id"}`` and
 ``{"id", "timestamps": [{"name", "ns"}]}``.
 
-TENSORS level is accepted and reported; tensor contents are not written yet. In the
+At TENSORS level the trace also holds each input (``TENSOR_QUEUE_INPUT``, ``TENSOR_BACKEND_INPUT``)
+and output (``TENSOR_BACKEND_OUTPUT``) as Triton writes them; the arrays are kept by reference
+and turned into text by the writer thread. In the
 OpenTelemetry mode (``--trace-config mode=opentelemetry``) the writer thread hands each trace to
 ``otel_export.py`` instead of a file.
 
@@ -179,6 +181,12 @@ class Trace:
     timestamps: list[tuple[str, int]] = field(default_factory=list)
     manager: TraceManager | None = None
     traceparent: str = ""  # the request's W3C traceparent header (OpenTelemetry mode)
+    # TENSORS level: (activity, name, datatype, shape, array), turned into text by the writer thread.
+    tensors: list[tuple[str, str, str, tuple[int, ...], Any]] | None = None
+
+    def add_tensor(self, activity: str, name: str, datatype: str, shape: tuple[int, ...], data: Any) -> None:
+        if self.tensors is not None:
+            self.tensors.append((activity, name, datatype, tuple(shape), data))
 
     def done(self) -> None:
         """The reply is written: hand the trace to the writer thread."""
@@ -193,7 +201,19 @@ class Trace:
                 if self.version.isdigit() else self.version}
         if self.request_id:
             head["request_id"] = self.request_id
-        return [head, *({"id": self.id, "timestamps": [{"name": n, "ns": ns}]} for n, ns in self.timestamps)]
+        stamps = [{"id": self.id, "timestamps": [{"name": n, "ns": ns}]} for n, ns in self.timestamps]
+        tensors = [
+            {"id": self.id, "activity": activity,
+             "tensor": {"name": name, "data": _tensor_text(data), "shape": ",".join(map(str, shape)), "dtype": dtype}}
+            for activity, name, dtype, shape, data in self.tensors or ()
+        ]
+        return [head, *stamps, *tensors]
+
+
+def _tensor_text(data: Any) -> str:
+    """Triton's TENSORS-level text: the elements, comma-separated (BYTES as UTF-8 text where it is)."""
+    values = data.reshape(-1).tolist() if hasattr(data, "reshape") else list(data)
+    return ",".join(v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in values)
 
 
 class TraceManager:
@@ -272,7 +292,8 @@ class TraceManager:
             if 0 <= settings.trace_count <= taken:
                 return None
             self._taken[model] = taken + 1
-            return Trace(next(self._ids), model, version, request_id, manager=self)
+            tensors: list[Any] | None = [] if "TENSORS" in settings.trace_level else None
+            return Trace(next(self._ids), model, version, request_id, manager=self, tensors=tensors)
 
     def finish(self, trace: Trace) -> None:
         """The request's reply is out: queue the trace for the writer thread."""

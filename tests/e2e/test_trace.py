@@ -188,3 +188,19 @@ def test_opentelemetry_mode_exports_spans_to_a_collector(tmp_path: Path) -> None
     assert compute.parent_span_id == root.span_id
     assert root.start_time_unix_nano <= compute.start_time_unix_nano <= compute.end_time_unix_nano
     assert compute.end_time_unix_nano <= root.end_time_unix_nano
+
+
+def test_tensors_level_writes_inputs_and_outputs(tmp_path: Path) -> None:
+    copy_simple(tmp_path / "repo")
+    trace_file = tmp_path / "trace.json"
+    with EvserveProcess("--model-repository", str(tmp_path / "repo"), "--trace-config", f"triton,file={trace_file}",
+                        "--trace-config", "level=TIMESTAMPS", "--trace-config", "level=TENSORS",
+                        "--trace-config", "rate=1") as server:
+        assert call(server.port, "GET", "/v2/trace/setting").json()["trace_level"] == ["TIMESTAMPS", "TENSORS"]
+        assert simple_infer(server.port).status == 200
+    entries = [e for e in json.loads(trace_file.read_text()) if "activity" in e]
+    by_activity = {(e["activity"], e["tensor"]["name"]): e["tensor"] for e in entries}
+    assert by_activity[("TENSOR_QUEUE_INPUT", "INPUT0")] == {
+        "name": "INPUT0", "data": ",".join(str(i) for i in range(16)), "shape": "1,16", "dtype": "INT32"}
+    assert ("TENSOR_BACKEND_INPUT", "INPUT1") in by_activity
+    assert by_activity[("TENSOR_BACKEND_OUTPUT", "OUTPUT0")]["data"] == ",".join(str(i + 1) for i in range(16))
