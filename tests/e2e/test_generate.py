@@ -80,35 +80,8 @@ class TritonPythonModel:
         return None
 """
 
-# Sends COUNT numbered events of about 1 KiB as fast as it can, unless the request is cancelled.
-FLOOD_CONFIG = """
-name: "flood"
-backend: "python"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [ { name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]
-output [ { name: "SEQ" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "PAD" data_type: TYPE_STRING dims: [ 1 ] } ]
-"""
-FLOOD_MODEL = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-PAD = np.array([b"x" * 1000], dtype=np.object_)
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            count = int(pb_utils.get_input_tensor_by_name(request, "COUNT").as_numpy().reshape(-1)[0])
-            for seq in range(count):
-                if request.is_cancelled():
-                    break
-                tensors = [pb_utils.Tensor("SEQ", np.array([seq], np.int32)), pb_utils.Tensor("PAD", PAD)]
-                sender.send(pb_utils.InferenceResponse(tensors))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None
-"""
+# bench/models/stream_flood: COUNT numbered events of about 1 KiB as fast as the server takes them.
+FLOOD_MODEL_DIR = Path(__file__).resolve().parents[2] / "bench" / "models" / "stream_flood"
 
 # One event every 100 ms for up to 10 s; records when it sees the request cancelled.
 WATCH_CONFIG = """
@@ -194,7 +167,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, markers: Path) -> Iterator[
     for name in ("text_stream", "repeat_int32", "simple"):
         shutil.copytree(Path(EXAMPLE_REPOSITORY) / name, repository / name)
     _write_model(repository, "modes", MODES_CONFIG, MODES_MODEL)
-    _write_model(repository, "flood", FLOOD_CONFIG, FLOOD_MODEL)
+    shutil.copytree(FLOOD_MODEL_DIR, repository / "stream_flood")
     _write_model(repository, "watch", WATCH_CONFIG.format(marker=markers / "watch"), WATCH_MODEL)
     _write_model(repository, "patient", PATIENT_CONFIG.format(marker=markers / "patient"), PATIENT_MODEL)
     with EvserveProcess("--model-repository", str(repository), "--threads", "1") as proc:
@@ -492,7 +465,8 @@ def test_a_reader_that_stalls_holds_the_model_not_the_memory(server: EvserveProc
     before = _rss_bytes(pid)
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(request("POST", "/v2/models/flood/generate_stream", body=json.dumps({"COUNT": FLOOD_EVENTS}).encode()))
+    body = json.dumps({"COUNT": FLOOD_EVENTS}).encode()
+    sock.sendall(request("POST", "/v2/models/stream_flood/generate_stream", body=body))
     peak = before
     for _ in range(50):  # read nothing for 5 s
         time.sleep(0.1)
@@ -521,15 +495,15 @@ def test_a_reader_that_stalls_holds_the_model_not_the_memory(server: EvserveProc
 
 def test_a_stalled_reader_that_leaves_releases_the_model(server: EvserveProcess) -> None:
     """The model waits in send() while the window is full; the client leaving wakes it for good."""
-    failures = _failure_count(server.port, "flood")
+    failures = _failure_count(server.port, "stream_flood")
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(request("POST", "/v2/models/flood/generate_stream", body=b'{"COUNT": 1000000}'))
+    sock.sendall(request("POST", "/v2/models/stream_flood/generate_stream", body=b'{"COUNT": 1000000}'))
     time.sleep(1.0)
     sock.close()
-    wait_for(lambda: _failure_count(server.port, "flood") == failures + 1, 10, "the flood to be cancelled")
+    wait_for(lambda: _failure_count(server.port, "stream_flood") == failures + 1, 10, "the flood to be cancelled")
     # The instance is free again.
-    reply = generate(server.port, "flood", {"COUNT": 2}, stream=True)
+    reply = generate(server.port, "stream_flood", {"COUNT": 2}, stream=True)
     assert reply.status == 200 and [e["SEQ"] for e in events(reply.body)] == [0, 1]
 
 
