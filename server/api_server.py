@@ -85,7 +85,7 @@ class HTTPAPIServer(HTTPServer):
         shm = SharedMemoryHandlers(self.shm_regions, self.offload, allowed=config.allow_client_shm)
         self.traces = TraceManager(config.trace)
         models = ModelHandlers(manager, config, self.offload, self.shm_regions, self.traces)
-        generate = GenerateHandlers(manager, config, self.offload)
+        generate = GenerateHandlers(manager, config, self.offload, self.traces)
         repository = RepositoryHandlers(manager, self.offload, sync_control=config.sync_model_control)
         self._routes: dict[Endpoint, Callable[[Request, Route], Response | None]] = {
             Endpoint.HEALTH_LIVE: self._health_live,

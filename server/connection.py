@@ -544,6 +544,8 @@ class HttpConnection(asyncio.Protocol):
         # can forbid keep-alive here.
         keep_alive = bool(req and req.keep_alive) and self._lifecycle is not _DRAINING
         head = response_head(status, headers, content_length=None, keep_alive=keep_alive)
+        if req is not None and req.trace is not None:
+            req.trace.mark("HTTP_SEND_START")
         self._transport.write(head)
 
     def _stream_chunk(self, ticket: Ticket, data: bytes) -> None:
@@ -569,6 +571,9 @@ class HttpConnection(asyncio.Protocol):
         self._set_answer(_ANSWER_IDLE)
         if req is None or req.method != "HEAD":
             transport.write(LAST_CHUNK)
+        if req is not None and req.trace is not None:
+            req.trace.mark("HTTP_SEND_END")
+            req.trace.done()
         self._served += 1
         self._deadlines.restart(self._phase, self._cycle)
         if req is None or not req.keep_alive or self._lifecycle is _DRAINING:

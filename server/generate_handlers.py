@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, Result, ServedModel
@@ -41,6 +42,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import error_reply
+from evserve.server.trace import Trace, TraceManager, mark_compute
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -57,10 +59,11 @@ _JSON_HEADERS = [("Content-Type", "application/json")]
 
 
 class GenerateHandlers:
-    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool) -> None:
+    def __init__(self, manager: ModelManager, config: Config, offload: OffloadPool, traces: TraceManager) -> None:
         self.manager = manager
         self.max_input_size = config.limits.max_input_size
         self.offload = offload
+        self.traces = traces
 
     def generate(self, request: Request, route: Route) -> Response | None:
         return self._handle(request, route, stream=False)
@@ -84,8 +87,21 @@ class GenerateHandlers:
                 ticket.finish(error_reply(exc))
             return None
         infer_request = decode_generate_request(body, version.signature, self.max_input_size)
-        request.owner.after_burst(_submit, self._pause(request, stream), version, infer_request, stream)
+        traced = self._sample(request, version, infer_request) if self.traces.active else None
+        request.owner.after_burst(_submit, self._pause(request, stream), version, infer_request, stream, traced)
         return None
+
+    def _sample(self, request: Request, version: ServedModel, infer_request: InferRequest) -> Trace | None:
+        traced = self.traces.sample(version.name, version.version_str, infer_request.id)
+        if traced is not None:
+            traced.traceparent = request.fields.get("traceparent", "")
+            traced.mark("HTTP_RECV_START", request.recv_start or None)
+            traced.mark("HTTP_RECV_END", request.recv_end or None)
+            now = time.monotonic_ns()
+            traced.mark("REQUEST_START", now)
+            traced.mark("QUEUE_START", now)
+            request.trace = traced
+        return traced
 
     @staticmethod
     def _pause(request: Request, stream: bool) -> Ticket:
@@ -103,11 +119,15 @@ class GenerateHandlers:
         _submit(ticket, version, infer_request, stream)
 
 
-def _submit(ticket: Ticket, version: ServedModel, infer_request: InferRequest, stream: bool) -> None:
+def _submit(
+    ticket: Ticket, version: ServedModel, infer_request: InferRequest, stream: bool, traced: Trace | None = None
+) -> None:
     call: EventStream | SingleReply = EventStream(ticket, infer_request.id) if stream else SingleReply(
         ticket, infer_request.id
     )
     job = ExecRequest(request=infer_request, complete=call.complete, cancelled=call.cancelled, stream=call.on_response)
+    if traced is not None:
+        call.trace = (traced, job)
     try:
         version.submit(job)
     except ProtocolError as exc:
@@ -132,11 +152,12 @@ class EventStream:
     unload). A lock keeps the events in the order they were produced and the head before them.
     """
 
-    __slots__ = ("ticket", "request_id", "_lock", "_started", "_ended")
+    __slots__ = ("ticket", "request_id", "trace", "_lock", "_started", "_ended")
 
     def __init__(self, ticket: Ticket, request_id: str) -> None:
         self.ticket = ticket
         self.request_id = request_id
+        self.trace: tuple[Trace, ExecRequest] | None = None
         self._lock = threading.Lock()
         self._started = False
         self._ended = False
@@ -162,6 +183,8 @@ class EventStream:
             if final:
                 self._start(200)  # no response at all: an empty 200 stream
                 self._ended = True
+                if self.trace is not None:
+                    mark_compute(*self.trace)
                 self.ticket.end()
 
     def _start(self, status: int) -> None:
@@ -174,11 +197,12 @@ class EventStream:
 class SingleReply:
     """One ``/generate`` request: exactly one response is expected, answered as one JSON object."""
 
-    __slots__ = ("ticket", "request_id", "_lock", "_held", "_answered")
+    __slots__ = ("ticket", "request_id", "trace", "_lock", "_held", "_answered")
 
     def __init__(self, ticket: Ticket, request_id: str) -> None:
         self.ticket = ticket
         self.request_id = request_id
+        self.trace: tuple[Trace, ExecRequest] | None = None
         self._lock = threading.Lock()
         self._held: InferResponse | None = None
         self._answered = False
@@ -215,6 +239,8 @@ class SingleReply:
 
     def _answer(self, response: Response) -> None:
         self._answered = True
+        if self.trace is not None:
+            mark_compute(*self.trace)
         self.ticket.finish(response)
 
 

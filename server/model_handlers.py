@@ -29,7 +29,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
-from evserve.server.trace import Trace, TraceManager
+from evserve.server.trace import Trace, TraceManager, mark_compute
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -183,17 +183,6 @@ class ModelHandlers:
             ticket.finish(error_reply(exc))
 
 
-def _mark_compute(traced: Trace, job: ExecRequest) -> None:
-    """Triton's compute timestamps of a finished job (from the marks its worker and instance left)."""
-    end = time.monotonic_ns()
-    for name, ns in (("COMPUTE_START", job.compute_start), ("COMPUTE_INPUT_END", job.input_end),
-                     ("COMPUTE_OUTPUT_START", job.output_start)):
-        if ns >= 0:
-            traced.mark(name, ns)
-    for name in ("COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END"):
-        traced.mark(name, end)
-
-
 def _answer_readiness(ticket: Ticket, served: ServedModel) -> None:
     ready = served.check_ready()
     ticket.finish(empty_reply() if ready else Response.error(400, "Model version not ready"))
@@ -258,7 +247,7 @@ class _Completion:
 
     def __call__(self, result: InferResponse | ProtocolError) -> None:
         if self.trace is not None:
-            _mark_compute(*self.trace)
+            mark_compute(*self.trace)
             if self.trace[0].tensors is not None and isinstance(result, InferResponse):
                 for output in result.outputs:
                     self.trace[0].add_tensor("TENSOR_BACKEND_OUTPUT", output.name, output.datatype, output.shape,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from evserve.gpu.execution.contract import ExecRequest
 from evserve.protocol.errors import BadRequest, Unsupported
 from evserve.server.otel_export import OtelExporter
 
@@ -341,3 +342,14 @@ class TraceManager:
             path.write_text(json.dumps([entry for trace in traces for entry in trace.entries()]))
         except OSError as exc:
             log.error("cannot write the trace file %s: %s", path, exc)
+
+
+def mark_compute(traced: Trace, job: ExecRequest) -> None:
+    """Triton's compute timestamps of a finished job (from the marks its worker and instance left)."""
+    end = time.monotonic_ns()
+    for name, ns in (("COMPUTE_START", job.compute_start), ("COMPUTE_INPUT_END", job.input_end),
+                     ("COMPUTE_OUTPUT_START", job.output_start)):
+        if ns >= 0:
+            traced.mark(name, ns)
+    for name in ("COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END"):
+        traced.mark(name, end)

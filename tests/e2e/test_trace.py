@@ -204,3 +204,23 @@ def test_tensors_level_writes_inputs_and_outputs(tmp_path: Path) -> None:
         "name": "INPUT0", "data": ",".join(str(i) for i in range(16)), "shape": "1,16", "dtype": "INT32"}
     assert ("TENSOR_BACKEND_INPUT", "INPUT1") in by_activity
     assert by_activity[("TENSOR_BACKEND_OUTPUT", "OUTPUT0")]["data"] == ",".join(str(i + 1) for i in range(16))
+
+
+def test_generate_and_generate_stream_are_traced(tmp_path: Path) -> None:
+    import shutil
+
+    from evserve.gpu import EXAMPLE_REPOSITORY
+
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "text_stream", tmp_path / "repo" / "text_stream")
+    trace_file = tmp_path / "trace.json"
+    with EvserveProcess("--model-repository", str(tmp_path / "repo"), "--trace-config", f"triton,file={trace_file}",
+                        "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1") as server:
+        body = b'{"text_input": "a b", "delay_ms": 0, "id": "g-1"}'
+        assert call(server.port, "POST", "/v2/models/text_stream/generate_stream", body).status == 200
+        assert call(server.port, "POST", "/v2/models/text_stream/generate", b'{"text_input": "one"}').status == 200
+    traces = _traces(trace_file)
+    assert sorted(traces) == [1, 2] and traces[1]["request_id"] == "g-1"
+    for trace in traces.values():
+        names = [s["name"] for s in trace["timestamps"]]  # type: ignore[union-attr]
+        assert names[0] == "HTTP_RECV_START" and names[-1] == "HTTP_SEND_END"
+        assert {"COMPUTE_START", "COMPUTE_END", "REQUEST_END", "HTTP_SEND_START"} <= set(names)
