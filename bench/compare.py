@@ -74,8 +74,8 @@ from _measure import CpuWindow, build_loadgen, raw_request, run_loadgen, wait_id
 
 from evserve.gpu import EXAMPLE_REPOSITORY
 
-WORKLOADS = ("ready", "simple-json", "identity-binary", "identity-json")
-MODELS = ("simple", "identity_fp32")
+WORKLOADS = ("ready", "simple-json", "identity-binary", "identity-json", "bls-json")
+MODELS = ("simple", "identity_fp32", "bls_simple")
 READY_PATH = "/v2/health/ready"
 DTYPES: dict[str, type[np.generic]] = {"INT32": np.int32, "FP32": np.float32}
 Arrays = dict[str, np.ndarray]
@@ -122,6 +122,10 @@ def simple_expected(body: bytes) -> Arrays:
     return {"OUTPUT0": inputs["INPUT0"] + inputs["INPUT1"], "OUTPUT1": inputs["INPUT0"] - inputs["INPUT1"]}
 
 
+def _swapped(outputs: Arrays) -> Arrays:
+    return {"OUTPUT0": outputs["OUTPUT1"], "OUTPUT1": outputs["OUTPUT0"]}
+
+
 def identity_body(data: np.ndarray, binary: bool) -> tuple[bytes, int]:
     """An identity_fp32 request (what tritonclient sends) and the length of its JSON part."""
     tensor: dict[str, object] = {"name": "INPUT0", "shape": list(data.shape), "datatype": "FP32"}
@@ -163,6 +167,9 @@ def build_workloads(names: Sequence[str], mib: float, workdir: Path) -> list[Wor
             binary, {"OUTPUT0": data}),
         "identity-json": Workload("identity-json", "POST", identity, LUA_DIR / "post_json.lua",
                                   headers=json_headers, body=as_json, expected={"OUTPUT0": data}),
+        # simple's request through bls_simple: one BLS hop to `simple`, outputs swapped.
+        "bls-json": Workload("bls-json", "POST", "/v2/models/bls_simple/infer", LUA_DIR / "post_json.lua",
+                             headers=json_headers, body=simple_body, expected=_swapped(simple_expected(simple_body))),
     }
     return [write_files(workdir, catalogue[name]) for name in names]
 
@@ -226,7 +233,8 @@ def build_servers(args: argparse.Namespace, repo: Path, triton: Path | None) -> 
                lambda port: [python, str(BENCH_DIR / "hello_server.py"), "--port", str(port), "--json-infer"],
                "/", frozenset({"ready", "simple-json"})),
         Server("work floor (inline Python)", "work",
-               lambda port: [python, str(BENCH_DIR / "work_floor.py"), "--port", str(port)], READY_PATH, everything),
+               lambda port: [python, str(BENCH_DIR / "work_floor.py"), "--port", str(port)], READY_PATH,
+               everything - {"bls-json"}),
     ]
     if triton is not None:
         servers.append(Server("Triton 2.51", "triton", lambda port: triton_argv(triton, repo, port),

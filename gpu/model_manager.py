@@ -60,6 +60,7 @@ from evserve.gpu.model_records import (
     index_rows,
 )
 from evserve.gpu.options import ModelManagerOptions
+from evserve.gpu.python_backend import bls
 from evserve.gpu.repository.config_parse import ModelConfigError, parse_json_config
 from evserve.gpu.repository.file_override import materialize
 from evserve.gpu.repository.scan import ModelSource, fingerprint, scan_repositories
@@ -118,6 +119,7 @@ class ModelManager:
 
     def start(self) -> None:
         """Begin loading the startup models in the background and return at once."""
+        bls.install(self)  # models' InferenceRequest.exec() reach the other models through this manager
         self._spawn(self._startup, "evserve-startup")
 
     def wait_startup(self, timeout: float | None = None) -> bool:
@@ -131,6 +133,7 @@ class ModelManager:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop polling, refuse control, drain and finalize every model, all within ``timeout`` s."""
         deadline = time.monotonic() + timeout
+        bls.uninstall(self)
         self._stopping = True
         self._stop_event.set()
         self._control.close(self._left(deadline))

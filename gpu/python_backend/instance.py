@@ -26,6 +26,7 @@ import numpy as np
 from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.python_backend import pb_utils
 from evserve.gpu.python_backend.async_runner import AsyncRunner
+from evserve.gpu.python_backend.bls import running_model
 from evserve.gpu.python_backend.reply import Reply
 from evserve.protocol.errors import ProtocolError, status_of_code
 from evserve.protocol.types import InferRequest, InferResponse, OutputTensor
@@ -75,7 +76,8 @@ def _reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool) -> np.nd
     return array.reshape(target)
 
 
-def _output_tensor(tensor: pb_utils.Tensor) -> OutputTensor:
+def host_tensor(tensor: pb_utils.Tensor) -> OutputTensor:
+    """A pb_utils tensor as the protocol carries it (host memory; BYTES as bytes): outputs and BLS inputs."""
     array = tensor._array
     if type(array) is not np.ndarray and not isinstance(array, np.ndarray):
         array = array.get()  # CuPy → NumPy: the wire needs host memory
@@ -94,6 +96,9 @@ class PythonModelInstance:
         self.model_name = config.name
         self.version = version
         self.decoupled = bool(config.decoupled)
+        instances = sum(int(group.get("count", 1)) for group in config.raw.get("instance_group", ())) or 1
+        # Which version runs on the worker thread, for BLS's self-call check (bls.py).
+        self._bls_key = (config.name, str(version), instances)
         self.output_names = frozenset(entry["name"] for entry in config.raw.get("output", ()))
         # Config `reshape`: the model sees inputs in the reshaped form and returns outputs in it;
         # the client sends and receives `dims` (Triton's rule). The batch dimension is kept.
@@ -120,6 +125,7 @@ class PythonModelInstance:
             return
         replies = [Reply(self, job) for job in batch]
         requests = [reply.request for reply in replies]
+        running_model.key = self._bls_key  # this worker thread runs only this instance
         ready = time.monotonic_ns()
         for job in batch:
             job.input_end = ready  # the pb_utils requests and input tensors are built
@@ -238,7 +244,7 @@ class PythonModelInstance:
         if error is not None:
             return ProtocolError(error.message(), status_of_code(error.code()))
         try:
-            outputs = [_output_tensor(tensor) for tensor in self._kept_outputs(response, requested)]
+            outputs = [host_tensor(tensor) for tensor in self._kept_outputs(response, requested)]
             if self._output_dims:
                 outputs = [self._client_output(output) for output in outputs]
         except Exception as exc:

@@ -11,9 +11,9 @@ that name is ever installed.
 Behaviour, messages and return types follow Triton's python backend (``pb_stub.cc``,
 ``pb_tensor.cc``, ``response_sender.cc`` and ``triton_python_backend_utils.py``) so that a
 model which works there works here, and fails the same way where it would fail there. The
-few places that differ are said where they are: BLS and the model-loading API raise
-(in-process models have no stub to route them), and
-``TritonError`` may also be raised as an exception.
+few places that differ are said where they are: the model-loading API raises, BLS raises in
+process-isolated instances (their process has no model manager), and ``TritonError`` may also be
+raised as an exception.
 
 Triton's module is flat, so this package re-exports every public name of its modules here.
 """

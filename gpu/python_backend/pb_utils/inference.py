@@ -35,7 +35,7 @@ def _json(parameters: dict[str, Any]) -> str:
 
 
 class PreferredMemory:
-    """Where a BLS caller would like outputs placed; kept so BLS code constructs, then fails in exec()."""
+    """Where a BLS caller would like outputs placed (accepted; outputs are host arrays)."""
 
     def __init__(self, preferred_memory_type: int, preferred_device_id: int = 0) -> None:
         self.preferred_memory_type = preferred_memory_type
@@ -50,10 +50,6 @@ class MemoryType(enum.IntEnum):
 TRITONSERVER_MEMORY_GPU = MemoryType.TRITONSERVER_MEMORY_GPU
 TRITONSERVER_MEMORY_CPU = MemoryType.TRITONSERVER_MEMORY_CPU
 
-_BLS_UNSUPPORTED = (
-    "BLS is not supported by evserve: InferenceRequest.{method}() cannot run model '{model}' "
-    "(models run in-process; import the other model's code or call it over HTTP)."
-)
 
 
 class InferenceResponse:
@@ -171,11 +167,10 @@ class InferenceResponseSender:
 
 
 class InferenceRequest:
-    """A request as ``execute`` receives it; constructed by a model, a BLS request (unsupported).
+    """A request as ``execute`` receives it, or one a model builds for BLS (``exec``/``async_exec``).
 
-    The constructor has Triton's BLS signature so that BLS code fails at ``exec()`` with a clear
-    message instead of at construction. evserve builds the requests it hands to ``execute``
-    with :meth:`_received`.
+    The constructor has Triton's BLS signature. evserve builds the requests it hands to
+    ``execute`` with :meth:`_received`.
     """
 
     __slots__ = (
@@ -286,10 +281,16 @@ class InferenceRequest:
         self._release_flags = flags
 
     def exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException(_BLS_UNSUPPORTED.format(method="exec", model=self._model_name))
+        """Run the request on another served model (BLS, gpu/python_backend/bls.py); errors come back as responses."""
+        from evserve.gpu.python_backend import bls
+
+        return bls.exec_request(self, decoupled)
 
     def async_exec(self, decoupled: bool = False) -> Any:
-        raise TritonModelException(_BLS_UNSUPPORTED.format(method="async_exec", model=self._model_name))
+        """``await request.async_exec()``: :meth:`exec` without holding the caller's event loop."""
+        from evserve.gpu.python_backend import bls
+
+        return bls.async_exec_request(self, decoupled)
 
 
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:

@@ -20,7 +20,7 @@ from evserve.protocol.types import InferRequest, InferResponse, InputTensor
 
 MODELS = {
     "simple", "simple_string", "simple_identity", "identity_fp32", "identity_all", "gpu_add", "repeat_int32",
-    "text_stream",
+    "text_stream", "bls_simple",
 }
 
 

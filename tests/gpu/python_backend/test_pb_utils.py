@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import numpy as np
 import pytest
 
-from evserve.gpu.python_backend import pb_utils
+from evserve.gpu.python_backend import bls, pb_utils
 from evserve.protocol.errors import TritonCode
 
 # -- Tensor ----------------------------------------------------------------------------------
@@ -374,10 +375,12 @@ def test_bls_requests_construct_but_refuse_to_run() -> None:
     assert json.loads(request.parameters()) == {"k": "v"}
     assert pb_utils.get_input_tensor_by_name(request, "IN") is not None
     assert pb_utils.get_input_tensor_by_name(request, "NOPE") is None
-    with pytest.raises(pb_utils.TritonModelException, match="BLS is not supported.*'other'"):
-        request.exec()
-    with pytest.raises(pb_utils.TritonModelException, match="BLS is not supported"):
-        request.async_exec(decoupled=True)
+    with pytest.MonkeyPatch.context() as patch:  # no model manager in this process: BLS says why
+        patch.setattr(bls, "_gateway", None)
+        with pytest.raises(pb_utils.TritonModelException, match="BLS needs the server's model manager"):
+            request.exec()
+        with pytest.raises(pb_utils.TritonModelException, match="BLS needs the server's model manager"):
+            asyncio.run(request.async_exec(decoupled=True))
     with pytest.raises(pb_utils.TritonModelException, match="no reference to the decoupled state"):
         request.get_response_sender().send(pb_utils.InferenceResponse())
     with pytest.raises(pb_utils.TritonModelException, match="Correlation ID must be integer or string"):
