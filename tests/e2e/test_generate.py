@@ -141,6 +141,8 @@ class TritonPythonModel:
         self.marker = json.loads(args["model_config"])["parameters"]["marker"]["string_value"]
 
     def execute(self, requests):
+        with open(self.marker, "a") as f:
+            f.write(json.dumps({"started_at": time.time()}) + "\\n")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not requests[0].is_cancelled():
             time.sleep(0.01)
@@ -410,11 +412,11 @@ def test_closing_a_paused_infer_cancels_it(server: EvserveProcess, markers: Path
     body = json.dumps({"inputs": [{"name": "IN", "datatype": "INT32", "shape": [1], "data": [1]}]}).encode()
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(request("POST", "/v2/models/patient/infer", body=body))
-    time.sleep(0.3)
+    wait_for(lambda: len(_marker_lines(marker)) == 1, 12, "the model to start")
     closed_at = time.time()
     sock.close()
-    wait_for(lambda: len(_marker_lines(marker)) == 1, 12, "the model to finish")
-    seen = _marker_lines(marker)[0]
+    wait_for(lambda: len(_marker_lines(marker)) == 2, 12, "the model to finish")
+    seen = _marker_lines(marker)[1]
     assert seen["cancelled"] and seen["cancelled_at"] - closed_at < 0.5, seen
 
 

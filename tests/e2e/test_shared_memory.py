@@ -14,7 +14,6 @@ import base64
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
 from evserve.gpu import EXAMPLE_REPOSITORY
-from tests.e2e.conftest import call, copy_simple, post_json
+from tests.e2e.conftest import call, copy_simple, post_json, wait_for
 from tests.evserve_process import EvserveProcess
 
 # Writes 99 into the first element of its input in place, then sleeps SLEEP seconds: a client that
@@ -240,7 +239,8 @@ def test_unregister_while_in_use_waits_for_the_request(client: httpclient.Infere
 
     worker = threading.Thread(target=infer_slowly)
     worker.start()
-    time.sleep(0.3)
+    # touch writes 99 into its input as it starts: from then on the request holds the region.
+    wait_for(lambda: int(shm.get_contents_as_numpy(handle, np.int32, [4])[0]) == 99, 10, "the model to start")
     assert call(server.port, "POST", "/v2/systemsharedmemory/region/busy/unregister").status == 200
     # Still listed while the request holds it (Triton since PR #7743) ...
     assert [r["name"] for r in client.get_system_shared_memory_status()] == ["busy"]
