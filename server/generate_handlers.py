@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, Result, ServedModel
@@ -42,7 +41,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import error_reply
-from evserve.server.trace import Trace, TraceManager, mark_compute
+from evserve.server.trace import Trace, TraceManager, mark_compute, start_trace
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -92,16 +91,7 @@ class GenerateHandlers:
         return None
 
     def _sample(self, request: Request, version: ServedModel, infer_request: InferRequest) -> Trace | None:
-        traced = self.traces.sample(version.name, version.version_str, infer_request.id)
-        if traced is not None:
-            traced.traceparent = request.fields.get("traceparent", "")
-            traced.mark("HTTP_RECV_START", request.recv_start or None)
-            traced.mark("HTTP_RECV_END", request.recv_end or None)
-            now = time.monotonic_ns()
-            traced.mark("REQUEST_START", now)
-            traced.mark("QUEUE_START", now)
-            request.trace = traced
-        return traced
+        return start_trace(self.traces, request, version.name, version.version_str, infer_request)
 
     @staticmethod
     def _pause(request: Request, stream: bool) -> Ticket:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import TYPE_CHECKING
 
 from evserve.gpu.execution.contract import ExecRequest, ServedModel
@@ -29,7 +28,7 @@ from evserve.server.config import Config
 from evserve.server.exchange import Request, Response, Ticket
 from evserve.server.offload import HEAVY_BODY, OffloadPool
 from evserve.server.responses import empty_reply, error_reply, json_reply
-from evserve.server.trace import Trace, TraceManager, mark_compute
+from evserve.server.trace import Trace, TraceManager, mark_compute, start_trace
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -118,20 +117,7 @@ class ModelHandlers:
 
     def _sample(self, request: Request, version: ServedModel, infer_request: InferRequest) -> Trace | None:
         """Start a trace if this request is sampled; it rides on the request and its completion."""
-        traced = self.traces.sample(version.name, version.version_str, infer_request.id)
-        if traced is not None:
-            traced.traceparent = request.fields.get("traceparent", "")
-            traced.mark("HTTP_RECV_START", request.recv_start or None)
-            traced.mark("HTTP_RECV_END", request.recv_end or None)
-            now = time.monotonic_ns()
-            traced.mark("REQUEST_START", now)
-            traced.mark("QUEUE_START", now)
-            if traced.tensors is not None:
-                for activity in ("TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_INPUT"):
-                    for tensor in infer_request.inputs:
-                        traced.add_tensor(activity, tensor.name, tensor.datatype, tensor.shape, tensor.data)
-            request.trace = traced
-        return traced
+        return start_trace(self.traces, request, version.name, version.version_str, infer_request)
 
     def _decode(self, version: ServedModel, body: _InferBody, leases: Leases) -> InferRequest:
         try:

@@ -36,11 +36,15 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evserve.gpu.execution.contract import ExecRequest
 from evserve.protocol.errors import BadRequest, Unsupported
 from evserve.server.otel_export import OtelExporter
+
+if TYPE_CHECKING:
+    from evserve.protocol.types import InferRequest
+    from evserve.server.exchange import Request
 
 log = logging.getLogger("evserve.server")
 
@@ -353,3 +357,23 @@ def mark_compute(traced: Trace, job: ExecRequest) -> None:
             traced.mark(name, ns)
     for name in ("COMPUTE_END", "INFER_RESPONSE_COMPLETE", "REQUEST_END"):
         traced.mark(name, end)
+
+
+def start_trace(traces: TraceManager, request: Request, model: str, version: str,
+                infer_request: InferRequest) -> Trace | None:
+    """Sample a decoded request; a sampled one gets its receive, request and queue stamps (and inputs at
+    TENSORS level), and rides on the request so its reply's write finishes it."""
+    traced = traces.sample(model, version, infer_request.id)
+    if traced is not None:
+        traced.traceparent = request.fields.get("traceparent", "")
+        traced.mark("HTTP_RECV_START", request.recv_start or None)
+        traced.mark("HTTP_RECV_END", request.recv_end or None)
+        now = time.monotonic_ns()
+        traced.mark("REQUEST_START", now)
+        traced.mark("QUEUE_START", now)
+        if traced.tensors is not None:
+            for activity in ("TENSOR_QUEUE_INPUT", "TENSOR_BACKEND_INPUT"):
+                for tensor in infer_request.inputs:
+                    traced.add_tensor(activity, tensor.name, tensor.datatype, tensor.shape, tensor.data)
+        request.trace = traced
+    return traced
