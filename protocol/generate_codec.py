@@ -38,6 +38,7 @@ from evserve.protocol.infer_codec import check_request_parameter
 from evserve.protocol.json_codec import (
     NESTING_MESSAGE,
     TOO_MUCH_DATA,
+    allowed_types,
     array_from_data,
     data_json,
     flatten,
@@ -153,16 +154,6 @@ def _type_error(datatype: str) -> str:
     return "Unable to parse 'data': attempt to access JSON non-number as double"
 
 
-def _allowed(datatype: str) -> frozenset[type]:
-    if datatype == "BYTES":
-        return frozenset((str,))
-    if datatype == "BOOL":
-        return frozenset((bool,))
-    if datatype.startswith(("INT", "UINT")):
-        return frozenset((int,))
-    return frozenset((int, float))
-
-
 def _input_plan(spec: TensorSpec, value: Any, max_batch_size: int, max_input_size: int) -> InputPlan:
     count = _element_count(value)
     shape = generate_shape(spec, count, max_batch_size)
@@ -171,7 +162,7 @@ def _input_plan(spec: TensorSpec, value: Any, max_batch_size: int, max_input_siz
     data = value if isinstance(value, list) else [value]
     if data:
         flat, types = flatten(data)
-        if not types <= _allowed(spec.datatype) or (
+        if not types <= allowed_types(spec.datatype, False)[0] or (
             spec.datatype.startswith("UINT") and any(v < 0 for v in flat)
         ):
             raise BadRequest(_type_error(spec.datatype))

@@ -107,7 +107,8 @@ def _flatten_mixed(data: list[Any]) -> list[Any]:
     return out
 
 
-def _allowed_types(datatype: str, msgpack: bool) -> tuple[frozenset[type], str]:
+def allowed_types(datatype: str, msgpack: bool) -> tuple[frozenset[type], str]:
+    """The Python types a JSON (or msgpack) element of ``datatype`` may have, and how to name them."""
     if datatype == "BOOL":
         return frozenset((bool,)), "booleans"
     if datatype == "BYTES":
@@ -118,7 +119,7 @@ def _allowed_types(datatype: str, msgpack: bool) -> tuple[frozenset[type], str]:
 
 
 def _check_types(plan: InputPlan, types: set[type], msgpack: bool) -> None:
-    allowed, what = _allowed_types(plan.datatype, msgpack)
+    allowed, what = allowed_types(plan.datatype, msgpack)
     wrong = types - allowed
     if wrong:
         got = sorted(_JSON_TYPE_NAMES.get(t, t.__name__) for t in wrong)

@@ -100,9 +100,9 @@ class SharedMemoryHandlers:
             raw = body["raw_handle"]
             handle = raw.get("b64") if isinstance(raw, dict) else None
             device_id, byte_size = _uint(body, "device_id"), _uint(body, "byte_size")
-            cuda.decode_handle(handle)
+            ipc_handle = cuda.decode_handle(handle)
             self.registry.check_new(name, byte_size)
-            self.registry.add(cuda.open_region(name, handle, device_id, byte_size))
+            self.registry.add(cuda.open_region(name, ipc_handle, device_id, byte_size))
         except ProtocolError as exc:
             ticket.finish(error_reply(exc))
             return

@@ -79,12 +79,11 @@ def _response(result: InferResponse | ProtocolError | None) -> pb_utils.Inferenc
 class _Call:
     """One BLS request in flight: where its responses land, and whether its caller gave up."""
 
-    __slots__ = ("answers", "abandoned", "job")
+    __slots__ = ("answers", "abandoned")
 
     def __init__(self) -> None:
         self.answers: queue.SimpleQueue[tuple[InferResponse | ProtocolError | None, bool]] = queue.SimpleQueue()
         self.abandoned = False
-        self.job: ExecRequest | None = None
 
     def cancelled(self) -> bool:
         return self.abandoned
@@ -127,7 +126,6 @@ class BlsGateway:
         call = _Call()
         job = ExecRequest(request=infer_request, complete=call.complete, cancelled=call.cancelled,
                           stream=call.stream if decoupled else None)
-        call.job = job
         try:
             served.submit(job)
         except ProtocolError as exc:

@@ -49,9 +49,9 @@ def _cupy(name: str) -> Any:
     return cupy
 
 
-def open_region(name: str, b64: object, device_id: int, byte_size: int) -> Region:
-    """Open the client's IPC handle on ``device_id``; 400 with the reason when that cannot be done."""
-    handle = decode_handle(b64)
+def open_region(name: str, handle: bytes, device_id: int, byte_size: int) -> Region:
+    """Open the client's IPC handle (``decode_handle``'s bytes) on ``device_id``; 400 with the reason when
+    that cannot be done."""
     cupy = _cupy(name)
     if device_id >= cupy.cuda.runtime.getDeviceCount():
         raise BadRequest(f"failed to register CUDA shared memory region '{name}': device {device_id} does not exist")

@@ -138,7 +138,7 @@ class RegionRegistry:
             size = region.byte_size
             if ref.offset >= size and ref.byte_size:
                 raise BadRequest(f"Invalid offset for shared memory region: '{ref.region}'")
-            if ref.offset + ref.byte_size > size or (ref.offset > size):
+            if ref.offset + ref.byte_size > size:
                 raise BadRequest(f"Invalid offset + byte size for shared memory region: '{ref.region}'")
             region.check()
             region.users += 1

@@ -48,7 +48,7 @@ def open_region(name: str, key: str, offset: int, byte_size: int) -> Region:
         raise BadRequest(f"Unable to open shared memory region: '{key}': {exc.strerror}") from None
     try:
         size = os.fstat(fd).st_size
-        if offset + byte_size > size or offset > size:
+        if offset + byte_size > size:
             raise BadRequest(f"failed to register shared memory region '{name}': invalid args")
         mapping = mmap.mmap(fd, offset + byte_size) if offset + byte_size else None
     except BaseException:
