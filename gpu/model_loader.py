@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from evserve.gpu.execution import device
+from evserve.gpu.execution.sequence import SequenceBatcher, SequencePolicy
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.execution.worker import InstanceWorker
@@ -116,6 +117,14 @@ class ModelLoader:
         batching = config.dynamic_batching
         if batching is not None:
             _warn_unenforced(name, batching)
+        sequencing = None
+        if "sequence_batching" in config.raw:
+            sequencing = SequencePolicy.from_config(config.raw, config.max_batch_size)
+            # Requests of different sequences on one instance batch as dynamic batching batches them.
+            batching = DynamicBatching.from_json({
+                "max_queue_delay_microseconds": sequencing.max_queue_delay_us,
+                "preferred_batch_size": list(sequencing.preferred_batch_sizes),
+            })
         capacity = self.queue_capacity
         if batching is not None and batching.max_queue_size > 0:
             capacity = min(capacity, batching.max_queue_size)
@@ -144,7 +153,9 @@ class ModelLoader:
             for worker in workers:
                 _finalize_quietly(name, worker.instance)
             raise
-        version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module)
+        sequencer = SequenceBatcher(name, sequencing, workers, config.max_batch_size) if sequencing else None
+        version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module,
+                               sequencer)
         built.append(version)
         version.start()
         return version

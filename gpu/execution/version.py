@@ -19,6 +19,7 @@ from evserve.protocol.errors import Unavailable
 from evserve.protocol.types import ModelSignature
 
 if TYPE_CHECKING:
+    from evserve.gpu.execution.sequence import SequenceBatcher
     from evserve.gpu.repository.model_config import ModelConfig
 
 _log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ class ModelVersion:
     """One READY-able version: config, signature, stats and the workers of its instances."""
 
     def __init__(self, name: str, version: int, config: ModelConfig, workers: list[InstanceWorker],
-                 stats: ModelStats, signature: ModelSignature, module: Any = None) -> None:
+                 stats: ModelStats, signature: ModelSignature, module: Any = None,
+                 sequencer: SequenceBatcher | None = None) -> None:
         self.name = name
         self.version = version
         self.version_str = str(version)
@@ -45,6 +47,8 @@ class ModelVersion:
         self.load_seconds = 0.0
         # Set when a reload replaced this version: late submits go to the replacement.
         self.successor: ModelVersion | None = None
+        # A sequence model's router (sequence_batching): its jobs go to the instance of their sequence.
+        self.sequencer = sequencer
         self._accepting = True
 
     @property
@@ -90,6 +94,8 @@ class ModelVersion:
     def start(self) -> None:
         for worker in self.workers:
             worker.start()
+        if self.sequencer is not None:
+            self.sequencer.start()
 
     def submit(self, job: ExecRequest) -> None:
         """Hand ``job`` to the least-busy instance; raise Unavailable (503) at once when all are full.
@@ -105,6 +111,14 @@ class ModelVersion:
             raise Unavailable(
                 f"Request for unknown model: '{self.name}' version {self.version} is not at ready state"
             )
+        if self.sequencer is not None:
+            try:
+                self.sequencer.submit(job)
+            except Unavailable as exc:
+                if exc.message == QUEUE_FULL:
+                    self.stats.record_rejected()
+                raise
+            return
         workers = self.workers if len(self.workers) == 1 else sorted(self.workers, key=lambda w: w.backlog)
         for worker in workers:
             try:
@@ -119,6 +133,8 @@ class ModelVersion:
     def close(self) -> None:
         """Stop accepting new requests; queued and running ones still finish."""
         self._accepting = False
+        if self.sequencer is not None:
+            self.sequencer.close()
         for worker in self.workers:
             worker.close()
 

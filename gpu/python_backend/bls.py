@@ -161,6 +161,10 @@ def _infer_request(request: pb_utils.InferenceRequest, signature: Any) -> InferR
     parameters = json.loads(request._parameters) if request._parameters else {}
     if request._correlation_id:
         parameters["sequence_id"] = request._correlation_id
+    if request._flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START:
+        parameters["sequence_start"] = True
+    if request._flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
+        parameters["sequence_end"] = True
     return InferRequest(
         signature.name, signature.version, id=request._request_id, parameters=parameters, inputs=inputs,
         outputs=[RequestedOutput(n) for n in names] or None,

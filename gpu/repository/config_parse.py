@@ -32,6 +32,7 @@ _INT64_TYPES = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
+_FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE})
 _LOCATION_PREFIX = re.compile(r"^\d+:\d+ : ")
 # "Print fields at their default values", renamed in protobuf 5.26.
 _PRINT_DEFAULTS = (
@@ -98,8 +99,11 @@ def _transform_single(field: FieldDescriptor, value: Any, leaf: _Leaf) -> Any:
     return leaf(field, value)
 
 
-def _unquote_int64(field: FieldDescriptor, value: Any) -> Any:
+def _print_as_triton(field: FieldDescriptor, value: Any) -> Any:
+    """Triton's JSON printer: 64-bit integers unquoted, whole floats without a fraction (``[0,1]``)."""
     if field.type in _INT64_TYPES and isinstance(value, str):
+        return int(value)
+    if field.type in _FLOAT_TYPES and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
@@ -114,7 +118,7 @@ def _upper_case_enum(field: FieldDescriptor, value: Any) -> Any:
 
 def message_to_dict(message: Message) -> dict:
     printed = json_format.MessageToDict(message, preserving_proto_field_name=True, **{_PRINT_DEFAULTS: True})
-    return _transform(message.DESCRIPTOR, printed, _unquote_int64)
+    return _transform(message.DESCRIPTOR, printed, _print_as_triton)
 
 
 def message_from_dict(obj: dict, error_prefix: str) -> Message:

@@ -78,6 +78,17 @@ def run(mode):
         response = pb_utils.InferenceRequest(model_name="sleeper", inputs=[me], requested_output_names=[],
                                              timeout=200_000).exec()
         return {"error": response.error().message()}
+    if mode == "sequence":
+        totals = []
+        for step, flags in ((2, pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START), (3, 0),
+                            (4, pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)):
+            value = pb_utils.Tensor("INPUT", np.array([[step]], dtype=np.int64))
+            response = pb_utils.InferenceRequest(model_name="sequence_accumulator", inputs=[value], flags=flags,
+                                                 correlation_id="bls-1", requested_output_names=["TOTAL"]).exec()
+            if response.has_error():
+                return {"error": response.error().message()}
+            totals.append(int(pb_utils.get_output_tensor_by_name(response, "TOTAL").as_numpy()[0][0]))
+        return {"totals": totals}
     raise ValueError(mode)
 
 
@@ -123,7 +134,7 @@ def _write(repository: Path, name: str, execute: str, extra: str = "") -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]:
     repository = tmp_path_factory.mktemp("bls-repo")
-    for name in ("simple", "repeat_int32"):
+    for name in ("simple", "repeat_int32", "sequence_accumulator"):
         shutil.copytree(Path(EXAMPLE_REPOSITORY) / name, repository / name)
     _write(repository, "caller", SYNC_EXECUTE)
     _write(repository, "async_caller", ASYNC_EXECUTE)
@@ -170,3 +181,7 @@ def test_async_exec_from_async_execute(server: EvserveProcess) -> None:
 )
 def test_errors_come_back_as_responses(server: EvserveProcess, mode: str, message: str) -> None:
     assert message in str(run(server, mode).get("error")), run(server, mode)
+
+
+def test_a_sequence_runs_through_bls_with_its_correlation_id_and_flags(server: EvserveProcess) -> None:
+    assert run(server, "sequence") == {"totals": [2, 5, 9]}

@@ -25,6 +25,7 @@ INFERENCE_CLIENTS = (
     "simple_http_aio_infer_client.py",
     "simple_http_string_infer_client.py",
     "simple_http_health_metadata.py",
+    "simple_http_sequence_sync_infer_client.py",
 )
 
 
