@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from evserve.gpu.execution import device
+from evserve.gpu.execution.ensemble import ENSEMBLE_PLATFORM, EnsembleVersion, check_graph, ensemble_steps
 from evserve.gpu.execution.sequence import SequenceBatcher, SequencePolicy
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
@@ -63,6 +64,10 @@ class ModelLoader:
         self.latency_summaries = options.latency_summaries
         # Told when an instance of a served version gives up for good (the manager shows it).
         self.on_gave_up = on_gave_up
+        # Set by the manager: how ensembles find their step models at request time, and how a load
+        # brings up the models an ensemble needs (returns those that are still not available).
+        self.resolve: Callable[[str, str | None], Any] | None = None
+        self.load_dependencies: Callable[[str, list[str]], list[str]] = lambda name, models: models
 
     def build(self, name: str, model_dir: str, override: dict | None,
               on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:
@@ -81,6 +86,8 @@ class ModelLoader:
             gpus = device.gpu_count()
             cfg = complete_config(cfg, name, source, model_dir=model_dir, gpu_count=gpus, check_io=False)
             backend = cfg.get("backend") or cfg.get("platform", "")
+            if backend == ENSEMBLE_PLATFORM:
+                return self._build_ensemble(name, model_dir, cfg, source, on_selected)
             if backend != PYTHON_BACKEND:
                 raise LoadFailure(f"unsupported backend '{backend}'")
             selected = select_versions(cfg.get("version_policy", {}), available_versions(model_dir))
@@ -108,6 +115,27 @@ class ModelLoader:
                 raise LoadFailure(exc.reason, exc.versions or selected) from None
             _log.info("load of model '%s' failed: %s", name, describe(exc))
             raise LoadFailure(describe(exc), selected) from None
+        return built
+
+    def _build_ensemble(self, name: str, model_dir: str, cfg: dict, source: str,
+                        on_selected: Callable[[list[int]], None]) -> dict[int, ModelVersion]:
+        """An ensemble's versions, once its graph is sound and every step model is available."""
+        selected = select_versions(cfg.get("version_policy", {}), available_versions(model_dir))
+        if not selected:
+            raise LoadFailure(f"at least one version must be available under the version policy of model '{name}'")
+        config = ModelConfig(complete_config(cfg, name, source, model_dir=model_dir), model_dir)
+        steps = ensemble_steps(config.raw)
+        check_graph(name, config.raw, steps)
+        on_selected(selected)
+        missing = self.load_dependencies(name, sorted({step.model_name for step in steps}))
+        if missing:
+            raise LoadFailure(
+                f"ensemble {name} contains models that are not available or ambiguous: {', '.join(missing)}", selected)
+        assert self.resolve is not None, "the manager sets the resolver before loading"
+        built: dict[int, ModelVersion] = {}
+        for number in selected:
+            stats = ModelStats(latency_summaries=self.latency_summaries)
+            built[number] = EnsembleVersion(name, number, config, stats, steps, self.resolve)
         return built
 
     def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel,

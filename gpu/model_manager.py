@@ -26,6 +26,11 @@ missing model is a client mistake; bad parameter types and unknown parameter key
 A load's ``done`` fires once the new version serves (the old one retires after); an unload's
 ``done`` fires as soon as the unload has started (Triton's rule): the model already refuses new
 requests, and draining and ``finalize()`` go on in the background.
+
+Ensembles follow Triton's dependency rules: loading one loads the models its steps run, unloading
+a model unloads the ensembles that run it, and unloading an ensemble with ``unload_dependents``
+also unloads its step models that no other loaded ensemble runs. Dependencies are loaded on the
+loading thread, one model's lock at a time, never while an unload holds another model's lock.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from evserve.gpu.execution.ensemble import EnsembleVersion
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.model_control import (
     NOT_EXPLICIT,
@@ -98,6 +104,10 @@ class ModelManager:
         self.unload_timeout = options.unload_timeout
         self.load_thread_count = max(1, options.load_thread_count)
         self._loader = ModelLoader(options, self._instance_gave_up)
+        self._loader.resolve = self.get
+        self._loader.load_dependencies = self._load_dependencies
+        # The ensembles each thread is loading right now: a cycle of ensembles fails instead of recursing.
+        self._loading_chain = threading.local()
         # Reader-visible state: replaced, never mutated (copy-on-write).
         self._records: dict[str, ModelRecord] = {}
         self._sources: dict[str, ModelSource] = {}
@@ -322,11 +332,51 @@ class ModelManager:
         """Blocking unload: UNLOADING, drain in-flight (bounded), finalize, UNAVAILABLE "unloaded".
 
         ``started`` is called once the model refuses new requests. Unloading a model that is not
-        loaded succeeds. There are no ensembles, so ``unload_dependents`` has nothing more to unload.
+        loaded succeeds. The ensembles that run the model are unloaded first; with
+        ``unload_dependents``, an ensemble's step models that no other loaded ensemble runs follow it.
         """
         slot = self._slots.get(name)
         if slot is None:
             return
+        for ensemble in self._ensembles_running(name):
+            self.unload(ensemble)
+        steps = set().union(*(v.dependencies for v in slot.served.values() if isinstance(v, EnsembleVersion)))
+        self._unload_one(name, slot, started)
+        if unload_dependents:
+            still_used = set().union(*self._ensemble_dependencies().values())
+            for step in sorted(steps - still_used):
+                self.unload(step, unload_dependents=True)
+
+    def _ensemble_dependencies(self) -> dict[str, set[str]]:
+        """The models each loaded ensemble runs."""
+        found: dict[str, set[str]] = {}
+        for model, slot in list(self._slots.items()):
+            for version in list(slot.served.values()):
+                if isinstance(version, EnsembleVersion):
+                    found.setdefault(model, set()).update(version.dependencies)
+        return found
+
+    def _ensembles_running(self, name: str) -> list[str]:
+        return sorted(ensemble for ensemble, steps in self._ensemble_dependencies().items() if name in steps)
+
+    def _load_dependencies(self, ensemble: str, models: list[str]) -> list[str]:
+        """Load each model an ensemble needs that is not ready; return those still not available."""
+        chain: list[str] = getattr(self._loading_chain, "names", None) or []
+        if ensemble in chain:
+            return models  # a cycle of ensembles: none of them can ever be ready
+        self._loading_chain.names = [*chain, ensemble]
+        try:
+            for model in models:
+                if not self.model_ready(model) and model not in chain:
+                    try:
+                        self._load(model, None, {})
+                    except ProtocolError as exc:
+                        _log.error("ensemble '%s': step model '%s' did not load: %s", ensemble, model, exc.message)
+        finally:
+            self._loading_chain.names = chain
+        return [model for model in models if not self.model_ready(model)]
+
+    def _unload_one(self, name: str, slot: _Slot, started: Callable[[], None] | None) -> None:
         with slot.lock:
             record = self._records.get(name)
             served = list(slot.served.values())

@@ -9,6 +9,7 @@ outside the repository, which is how an installed evserve is used.
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import importlib
 import importlib.util
 import os
@@ -65,3 +66,19 @@ def test_every_source_package_is_listed_for_installation() -> None:
         if "example_models" not in init.parts
     }
     assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
+
+
+def test_every_bundled_model_file_is_package_data() -> None:
+    """The bundled repository ships as package data: a file no pattern matches is missing from a
+    wheel (an editable install hides that), and the model fails to load from a clean install."""
+    config = configparser.ConfigParser()
+    config.read(REPOSITORY / "setup.cfg")
+    patterns = config["options.package_data"]["evserve.gpu"].split()
+    root = REPOSITORY / "gpu"
+    files = [path.relative_to(root).as_posix() for path in (root / "example_repository").rglob("*")
+             if path.is_file() and "__pycache__" not in path.parts]
+    assert files
+    unmatched = [name for name in files if not any(fnmatch.fnmatch(name, p) for p in patterns)]
+    assert not unmatched, f"add to setup.cfg [options.package_data]: {unmatched}"
+    versions = [path for path in (root / "example_repository").glob("*/*") if path.is_dir()]
+    assert all(any(v.iterdir()) for v in versions), "an empty version folder never reaches a wheel"

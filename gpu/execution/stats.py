@@ -72,11 +72,13 @@ class ModelStats:
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int, phases: tuple[int, int, int], rows: int,
                        reason: str = "BACKEND", responses: list[tuple[str, int, int]] | None = None,
-                       first_response_ns: int = -1) -> None:
+                       first_response_ns: int = -1, *, sent_response: bool = True) -> None:
         """Account one completed request and its responses (kind, compute ns, output ns), under one lock.
 
         ``queue_ns`` < 0 or ``phases[0]`` < 0 mean "never executed"; ``first_response_ns`` is the
-        time from arrival to the first response (-1: none was sent).
+        time from arrival to the first response (-1: none was sent). ``sent_response`` False: the
+        request's answer is not a response of this model's own (an ensemble's), so response_stats
+        leave it out, as Triton's do.
         """
         input_ns, infer_ns, output_ns = phases
         with self._lock:
@@ -94,7 +96,7 @@ class ModelStats:
                 recent["compute_output"].append(output_ns / 1e3)
             if responses:
                 self._add_responses(responses)
-            elif input_ns >= 0:
+            elif input_ns >= 0 and sent_response:
                 single = self.single["success" if ok else "cancel" if reason == "CANCELED" else "fail"]
                 single[0] += 1
                 single[1] += infer_ns

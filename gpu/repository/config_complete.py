@@ -86,7 +86,9 @@ def _normalize(message: Any) -> None:
             sequence.max_sequence_idle_microseconds = SEQUENCE_IDLE_DEFAULT_US
         if sequence.HasField("oldest") and not sequence.oldest.preferred_batch_size and message.max_batch_size > 0:
             sequence.oldest.preferred_batch_size.append(message.max_batch_size)
-    if not message.HasField("ensemble_scheduling"):
+    if message.HasField("ensemble_scheduling"):
+        message.model_transaction_policy.SetInParent()  # Triton prints {"decoupled": false} for ensembles
+    else:
         optimization = message.optimization
         if not optimization.HasField("input_pinned_memory"):
             optimization.input_pinned_memory.enable = True

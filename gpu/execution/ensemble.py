@@ -1,0 +1,310 @@
+"""Ensembles: ``platform: "ensemble"`` models whose ``ensemble_scheduling`` steps run other served models.
+
+An ensemble has no instances of its own. A request's inputs become the first named tensors of a
+small dataflow graph; each step runs as soon as every tensor its ``input_map`` names exists,
+as a job of its model's served version (the same queue, batching, sequence routing and statistics
+as an HTTP request), and its ``output_map`` names the tensors it produces. Steps whose inputs are
+ready run concurrently (fan-out), a step may wait on several others (fan-in), and the request is
+answered once every step has answered. Tensors pass between steps by reference: no copy.
+
+As on Triton: outputs come back sorted by name; a step's failure fails the request with the
+step's status and ``in ensemble '<name>', <the step's message>``; the ensemble's statistics sum
+its steps' queue and compute times, and the step models keep their own statistics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evserve.gpu.execution.batching import request_rows
+from evserve.gpu.execution.contract import ExecRequest, Result
+from evserve.gpu.execution.stats import ModelStats
+from evserve.gpu.execution.version import ModelVersion
+from evserve.gpu.repository.config_parse import ModelConfigError
+from evserve.protocol.errors import ProtocolError, Unavailable
+from evserve.protocol.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
+from evserve.protocol.validate import InputPlan, check_inputs, element_count
+
+if TYPE_CHECKING:
+    from evserve.gpu.repository.model_config import ModelConfig
+
+ENSEMBLE_PLATFORM = "ensemble"
+# Resolves (model name, version or None for the latest) to its served version, or raises ProtocolError.
+Resolver = Callable[[str, "str | None"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One ``ensemble_scheduling.step``: which model runs, and how its tensors map to the ensemble's."""
+
+    model_name: str
+    model_version: int  # -1: the latest ready version
+    input_map: dict[str, str]  # the step model's input -> ensemble tensor
+    output_map: dict[str, str]  # the step model's output -> ensemble tensor
+
+    @property
+    def version(self) -> str | None:
+        return str(self.model_version) if self.model_version >= 0 else None
+
+
+def ensemble_steps(raw: dict) -> tuple[EnsembleStep, ...]:
+    """The steps of a completed ensemble config, in config order."""
+    return tuple(
+        EnsembleStep(step["model_name"], int(step.get("model_version", -1)), dict(step.get("input_map", {})),
+                     dict(step.get("output_map", {})))
+        for step in raw.get("ensemble_scheduling", {}).get("step", ())
+    )
+
+
+def check_graph(name: str, raw: dict, steps: tuple[EnsembleStep, ...]) -> None:
+    """Refuse a graph that cannot produce every output (Triton's texts where it has them)."""
+    if not steps:
+        raise ModelConfigError(f"ensemble '{name}' must have at least one step")
+    inputs = {io["name"] for io in raw.get("input", ())}
+    producers: dict[str, EnsembleStep] = {}
+    for step in steps:
+        if not step.model_name:
+            raise ModelConfigError(f"ensemble '{name}': every step must name its model")
+        if step.model_name == name:
+            raise ModelConfigError(f"ensemble '{name}' cannot contain itself as a step")
+        for tensor in step.output_map.values():
+            if tensor in producers or tensor in inputs:
+                raise ModelConfigError(
+                    f"ensemble tensor '{tensor}' of ensemble '{name}' is written by more than one source")
+            producers[tensor] = step
+    available = set(inputs)
+    waiting = list(steps)
+    progress = True
+    while progress:
+        progress = False
+        for step in list(waiting):
+            if set(step.input_map.values()) <= available:
+                available.update(step.output_map.values())
+                waiting.remove(step)
+                progress = True
+    for output in (io["name"] for io in raw.get("output", ())):
+        if output in available:
+            continue
+        missing = _first_unconnected(output, producers, available)
+        raise ModelConfigError(f"output '{output}' for ensemble '{name}' is not written"
+                               + (f": at least one of its depending tensors, '{missing}', is not connected"
+                                  if missing is not None else ""))
+
+
+def _first_unconnected(tensor: str, producers: dict[str, EnsembleStep], available: set[str]) -> str | None:
+    """The first tensor upstream of ``tensor`` that nothing connects to the ensemble's inputs."""
+    seen: set[str] = set()
+    frontier = [tensor]
+    while frontier:
+        current = frontier.pop()
+        step = producers.get(current)
+        if step is None:
+            return None if current == tensor else current
+        for needed in step.input_map.values():
+            if needed not in available and needed not in seen:
+                seen.add(needed)
+                if needed not in producers:
+                    return needed
+                frontier.append(needed)
+    return None
+
+
+class EnsembleVersion(ModelVersion):
+    """A served ensemble version: no workers; each request runs its steps on the step models."""
+
+    def __init__(self, name: str, version: int, config: ModelConfig, stats: ModelStats,
+                 steps: tuple[EnsembleStep, ...], resolve: Resolver) -> None:
+        super().__init__(name, version, config, [], stats, config.signature(str(version)))
+        self.steps = steps
+        self.resolve = resolve
+        self._outputs = sorted(io["name"] for io in config.raw.get("output", ()))
+        self._running = 0
+        self._idle = threading.Condition()
+
+    @property
+    def dependencies(self) -> set[str]:
+        """The models this ensemble's steps run."""
+        return {step.model_name for step in self.steps}
+
+    @property
+    def in_flight(self) -> int:
+        return self._running
+
+    def submit(self, job: ExecRequest) -> None:
+        if not self.accepting:
+            successor = self.successor
+            if successor is not None:
+                successor.submit(job)
+                return
+            raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
+        with self._idle:
+            self._running += 1
+        _EnsembleRun(self, job).start()
+
+    def finished(self) -> None:
+        with self._idle:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        self.close()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout)
+
+    def finalize(self) -> list[str]:
+        return []
+
+    def requested_outputs(self, request: InferRequest) -> list[str]:
+        """The outputs the reply carries, sorted by name as Triton sorts them."""
+        if request.outputs:
+            return sorted(out.name for out in request.outputs)
+        return self._outputs
+
+
+class _EnsembleRun:
+    """One request through the graph: the tensors so far, the steps still to run, the time spent."""
+
+    __slots__ = ("ensemble", "job", "tensors", "waiting", "running", "lock", "t_submit", "queue_ns", "phases",
+                 "failed")
+    # queue_ns: from arrival until the first step was handed to its model (the ensemble's own queue).
+
+    def __init__(self, ensemble: EnsembleVersion, job: ExecRequest) -> None:
+        self.ensemble = ensemble
+        self.job = job
+        self.tensors: dict[str, InputTensor] = {t.name: t for t in job.request.inputs}
+        self.waiting = list(ensemble.steps)
+        self.running = 0
+        self.lock = threading.Lock()
+        self.t_submit = time.monotonic_ns()
+        self.queue_ns = 0
+        self.phases = [0, 0, 0]
+        self.failed = False
+
+    def start(self) -> None:
+        with self.lock:
+            ready = self._take_ready()
+        self.queue_ns = time.monotonic_ns() - self.t_submit
+        if not ready:  # nothing can run (an optional input left out): answer with what exists
+            self._answer()
+            return
+        self._launch(ready)
+
+    def _take_ready(self) -> list[EnsembleStep]:
+        """Under the lock: the waiting steps whose inputs all exist now."""
+        ready = [step for step in self.waiting if all(t in self.tensors for t in step.input_map.values())]
+        for step in ready:
+            self.waiting.remove(step)
+        self.running += len(ready)
+        return ready
+
+    def _launch(self, steps: list[EnsembleStep]) -> None:
+        for step in steps:
+            try:
+                served = self.ensemble.resolve(step.model_name, step.version)
+                if served.decoupled:
+                    raise ProtocolError(f"model '{step.model_name}' is decoupled; ensembles here run models that "
+                                        "answer each request once", 400)
+                request = self._step_request(step, served.signature)
+                answer = _StepAnswer(self, step)
+                answer.step_job = ExecRequest(request, answer, cancelled=self.job.cancelled)
+                served.submit(answer.step_job)
+            except ProtocolError as exc:
+                self._step_failed(exc)
+
+    def _step_request(self, step: EnsembleStep, signature: Any) -> InferRequest:
+        inputs = []
+        plans = []
+        for model_input, tensor_name in step.input_map.items():
+            tensor = self.tensors[tensor_name]
+            inputs.append(InputTensor(model_input, tensor.datatype, tensor.shape, tensor.data))
+            plans.append(InputPlan(model_input, tensor.datatype, tensor.shape,
+                                   element_count(model_input, tensor.shape)))
+        check_inputs(plans, signature)
+        request = self.job.request
+        return InferRequest(signature.name, signature.version, id=request.id, parameters=request.parameters,
+                            inputs=inputs, outputs=[RequestedOutput(name) for name in step.output_map])
+
+    def step_answered(self, step: EnsembleStep, step_job: ExecRequest, result: Result, done_ns: int) -> None:
+        if isinstance(result, ProtocolError):
+            self._step_failed(result)
+            return
+        start = step_job.compute_start
+        if start >= 0:
+            input_end = step_job.input_end if step_job.input_end >= start else start
+            output_start = step_job.output_start if step_job.output_start >= input_end else done_ns
+            phases = (input_end - start, output_start - input_end, max(done_ns - output_start, 0))
+        else:
+            phases = (0, 0, 0)
+        with self.lock:
+            for out in result.outputs:
+                tensor = step.output_map.get(out.name)
+                if tensor is not None:
+                    self.tensors[tensor] = InputTensor(tensor, out.datatype, out.shape, out.data)
+            self.phases[0] += phases[0]
+            self.phases[2] += phases[2]
+            self.running -= 1
+            ready = [] if self.failed else self._take_ready()
+            complete = not self.failed and self.running == 0 and not ready
+        self._launch(ready)
+        if complete:
+            self._answer()
+
+    def _step_failed(self, error: ProtocolError) -> None:
+        with self.lock:
+            first = not self.failed
+            self.failed = True
+        if first:
+            self._end(ProtocolError(f"in ensemble '{self.ensemble.name}', {error.message}", error.status), ok=False)
+
+    def _answer(self) -> None:
+        ensemble = self.ensemble
+        request = self.job.request
+        outputs = []
+        for name in ensemble.requested_outputs(request):
+            tensor = self.tensors.get(name)
+            if tensor is None:
+                self._end(ProtocolError(f"in ensemble '{ensemble.name}', output '{name}' was not produced", 500),
+                          ok=False)
+                return
+            outputs.append(OutputTensor(name, tensor.datatype, tensor.shape, tensor.data))
+        parameters = {key: request.parameters.get(key, default)
+                      for key, default in (("sequence_id", 0), ("sequence_start", False), ("sequence_end", False))}
+        self._end(InferResponse(ensemble.name, ensemble.version_str, id=request.id, outputs=outputs,
+                                parameters=parameters), ok=True)
+
+    def _end(self, result: Result, *, ok: bool) -> None:
+        ensemble = self.ensemble
+        total = time.monotonic_ns() - self.t_submit
+        rows = request_rows(self.job.request, ensemble.max_batch_size)
+        # As Triton splits an ensemble's time: its steps' input and output work, the rest (the steps'
+        # queues and models, and the hand-offs between them) as infer; its own queue is the first hand-off.
+        input_ns, output_ns = self.phases[0], self.phases[2]
+        phases = (input_ns, max(total - self.queue_ns - input_ns - output_ns, 0), output_ns)
+        if ok:
+            ensemble.stats.record_request(True, total, self.queue_ns, phases, rows, sent_response=False)
+            ensemble.stats.record_execution(rows, phases)
+        else:
+            ensemble.stats.record_request(False, total, -1, (-1, -1, -1), rows, reason="OTHER")
+        try:
+            self.job.finish(result)
+        finally:
+            ensemble.finished()
+
+
+class _StepAnswer:
+    """A step job's completion: hands the step's answer (and when it came) back to its run."""
+
+    __slots__ = ("run", "step", "step_job")
+
+    def __init__(self, run: _EnsembleRun, step: EnsembleStep) -> None:
+        self.run = run
+        self.step = step
+        self.step_job: ExecRequest = None  # type: ignore[assignment]  # set right after, before submit
+
+    def __call__(self, result: Result) -> None:
+        self.run.step_answered(self.step, self.step_job, result, time.monotonic_ns())
