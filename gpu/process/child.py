@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
@@ -29,8 +30,10 @@ from typing import Any
 from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.model_loader import describe
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
+from evserve.gpu.process.bls_link import ChildLink
 from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
 from evserve.gpu.process.tensors import pack_result, unpack
+from evserve.gpu.python_backend import bls
 from evserve.gpu.python_backend.model import PythonModel
 from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
@@ -49,11 +52,31 @@ class Child:
         self._arena_lock = threading.Lock()
         self._bump: Bump | None = None
         self._held: list[bytes] | None = None  # frames of a default-mode batch, sent with its "done"
+        # The model's BLS calls go to the server; their answers come in on the socket, which a
+        # reader thread drains, so a model waiting for one inside execute is answered.
+        self.bls = ChildLink(self.writer, arena)
+        bls.install_gateway(self.bls)
+        self._incoming: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read_frames, name="evserve-child-reader", daemon=True).start()
+
+    def _read_frames(self) -> None:
+        """Every frame off the socket: BLS answers to their callers, the rest to :meth:`serve`, in order."""
+        try:
+            while (message := self.reader.read()) is not None:
+                if message["op"] == "bls_response":
+                    self.bls.deliver(message)
+                else:
+                    self._incoming.put(message)
+        except Exception:
+            _log.exception("bad frame from the server")
+        finally:
+            self.bls.close()
+            self._incoming.put(None)
 
     def serve(self) -> int:
         """Take the server's frames in order until it closes the socket or asks to finalize."""
         while True:
-            message = self.reader.read()
+            message = self._incoming.get()
             if message is None:
                 return 0  # the server is gone or gave up on us: nothing is left to answer
             op = message["op"]

@@ -37,6 +37,7 @@ from typing import Any
 
 from evserve.gpu.execution.contract import ExecRequest, response_kind
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
+from evserve.gpu.process.bls_link import ServerRelay
 from evserve.gpu.process.frames import FrameReader, FrameWriter
 from evserve.gpu.process.tensors import pack, unpack_result
 from evserve.gpu.python_backend.importer import PythonModelError
@@ -162,7 +163,11 @@ class ProcessInstance:
         self.restarts = 0
         # A decoupled model answers whenever it likes: a reader thread owns its socket. Otherwise
         # whoever sends (the worker, a readiness check, finalize) reads the answer, under _io_lock.
-        self._reader_thread = ModelConfig(spec.config).decoupled
+        config = ModelConfig(spec.config)
+        self._reader_thread = config.decoupled
+        instances = sum(group.count for group in config.instance_groups) or 1
+        # The model's BLS calls, run here for the child (it has no model manager).
+        self._bls = ServerRelay((spec.model_name, str(spec.version), instances))
         self._io_lock = threading.Lock()
         self._child: _Child | None = None
         self._start_child()
@@ -361,6 +366,10 @@ class ProcessInstance:
                     job.send(result)  # type: ignore[arg-type]
         elif op == "done":
             self._batch_done.set()
+        elif op == "bls":
+            self._bls.call(child.writer, child.arena, message)
+        elif op == "bls_cancel":
+            self._bls.cancel(message)
         elif op == "ready_answer":
             future = self._ready_answers.pop(message["seq"], None)
             if future is not None:

@@ -14,8 +14,9 @@ Waits are bounded, so a model can never hang its worker for good:
   ``DEFAULT_WAIT`` seconds, and the job is then cancelled (its model sees ``is_cancelled()``).
 
 Failures come back as a response whose ``has_error()`` is true, never as an exception, as in
-Triton. Models in process-isolated instances have no manager in their process: there ``exec()``
-raises, saying so.
+Triton. A model in a process-isolated instance has no manager in its process: its calls go to the
+server over the instance's socket (:mod:`evserve.gpu.process.bls_link`) and take the same path
+there, its tensors copied once each way through the frames.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import asyncio
 import json
 import queue
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.execution.contract import Completion, ExecRequest, StreamCallback
 from evserve.gpu.python_backend import pb_utils
 from evserve.protocol.errors import ProtocolError
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, RequestedOutput
@@ -38,7 +40,13 @@ if TYPE_CHECKING:
 
 DEFAULT_WAIT = 60.0
 
-_gateway: BlsGateway | None = None
+class Gateway(Protocol):
+    """Where this process's BLS calls go: the manager (in the server) or the server (in a child)."""
+
+    def submit(self, request: pb_utils.InferenceRequest, decoupled: bool) -> Call | pb_utils.InferenceResponse: ...
+
+
+_gateway: Gateway | None = None
 _gateway_lock = threading.Lock()
 # The model version (name, version, instance count) whose execute runs on this thread, if any:
 # set by the instance on its worker thread (each worker runs one instance for its life).
@@ -52,15 +60,28 @@ def install(manager: ModelManager) -> None:
         _gateway = BlsGateway(manager)
 
 
+def install_gateway(gate: Gateway) -> None:
+    """Route BLS calls of this process's models through ``gate`` (a child process's link to the server)."""
+    global _gateway
+    with _gateway_lock:
+        _gateway = gate
+
+
 def uninstall(manager: ModelManager) -> None:
     global _gateway
     with _gateway_lock:
-        if _gateway is not None and _gateway.manager is manager:
+        if isinstance(_gateway, BlsGateway) and _gateway.manager is manager:
             _gateway = None
 
 
-def gateway() -> BlsGateway | None:
+def gateway() -> Gateway | None:
     return _gateway
+
+
+def server_gateway() -> BlsGateway | None:
+    """The manager's gateway, in the server process (None in a child process)."""
+    gate = _gateway
+    return gate if isinstance(gate, BlsGateway) else None
 
 
 def _error_response(message: str) -> pb_utils.InferenceResponse:
@@ -76,7 +97,7 @@ def _response(result: InferResponse | ProtocolError | None) -> pb_utils.Inferenc
     return pb_utils.InferenceResponse(output_tensors=tensors, parameters=dict(result.parameters) or None)
 
 
-class _Call:
+class Call:
     """One BLS request in flight: where its responses land, and whether its caller gave up."""
 
     __slots__ = ("answers", "abandoned")
@@ -87,6 +108,10 @@ class _Call:
 
     def cancelled(self) -> bool:
         return self.abandoned
+
+    def abandon(self) -> None:
+        """The caller stopped waiting: the callee's job sees itself cancelled."""
+        self.abandoned = True
 
     def complete(self, result: InferResponse | ProtocolError) -> None:
         self.answers.put((result, True))
@@ -101,63 +126,66 @@ class BlsGateway:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    def submit(self, request: pb_utils.InferenceRequest, decoupled: bool) -> _Call | pb_utils.InferenceResponse:
+    def submit(self, request: pb_utils.InferenceRequest, decoupled: bool) -> Call | pb_utils.InferenceResponse:
         """Queue the request; an error response when it cannot be (unknown model, bad inputs, full queue)."""
-        name = request._model_name
-        version = "" if request._model_version in (-1, "", None) else str(request._model_version)
+        from evserve.gpu.python_backend.instance import host_tensor
+
+        inputs = []
+        for tensor in request._inputs:
+            host = host_tensor(tensor)
+            inputs.append(InputTensor(host.name, host.datatype, tuple(int(d) for d in host.shape), host.data))
+        call = Call()
+        error = self.submit_job(
+            BlsTarget(request._model_name, request._model_version, sorted(request._requested_output_names),
+                      request_parameters(request), request._request_id),
+            inputs, decoupled, getattr(running_model, "key", None), call.complete,
+            call.stream if decoupled else None, call.cancelled)
+        return _error_response(error) if error is not None else call
+
+    def submit_job(self, target: BlsTarget, inputs: list[InputTensor], decoupled: bool,
+                   caller: tuple[str, str, int] | None, complete: Completion, stream: StreamCallback | None,
+                   cancelled: Callable[[], bool]) -> str | None:
+        """Queue a BLS job whose answers go to ``complete``/``stream``; the error text when it cannot be.
+
+        ``caller`` is the calling version (name, version, instance count): a version with one
+        instance that calls itself would wait on itself, and is refused at once.
+        """
+        name = target.model_name
+        version = "" if target.model_version in (-1, "", None) else str(target.model_version)
         try:
             served = self.manager.get(name, version or None)
         except ProtocolError as exc:
-            return _error_response(exc.message)
-        running = getattr(running_model, "key", None)
-        if running is not None and running == (served.name, served.version_str, 1):
-            return _error_response(
-                f"BLS request to model '{name}' would wait on itself: the calling model is that version's only "
-                "instance (add instances with instance_group { count: N })"
-            )
+            return exc.message
+        if caller is not None and caller == (served.name, served.version_str, 1):
+            return (f"BLS request to model '{name}' would wait on itself: the calling model is that version's only "
+                    "instance (add instances with instance_group { count: N })")
         if served.decoupled and not decoupled:
-            return _error_response(
-                f"model '{name}' is decoupled: call exec(decoupled=True) to receive its responses"
-            )
+            return f"model '{name}' is decoupled: call exec(decoupled=True) to receive its responses"
         try:
-            infer_request = _infer_request(request, served.signature)
+            infer_request = _infer_request(target, inputs, served.signature)
         except ProtocolError as exc:
-            return _error_response(exc.message)
-        call = _Call()
-        job = ExecRequest(request=infer_request, complete=call.complete, cancelled=call.cancelled,
-                          stream=call.stream if decoupled else None)
+            return exc.message
+        job = ExecRequest(request=infer_request, complete=complete, cancelled=cancelled, stream=stream)
         try:
             served.submit(job)
         except ProtocolError as exc:
-            return _error_response(exc.message)
-        return call
+            return exc.message
+        return None
 
 
-def _wait_seconds(request: pb_utils.InferenceRequest) -> float:
-    timeout_us = request._timeout or 0
-    return timeout_us / 1e6 if timeout_us > 0 else DEFAULT_WAIT
+@dataclass(frozen=True, slots=True)
+class BlsTarget:
+    """What a BLS request names besides its tensors: the model, the outputs, the parameters, the id."""
+
+    model_name: str
+    model_version: int | str
+    output_names: list[str]
+    parameters: dict[str, Any]
+    request_id: str = ""
 
 
-def _timed_out(request: pb_utils.InferenceRequest, call: _Call) -> pb_utils.InferenceResponse:
-    call.abandoned = True
-    return _error_response(f"BLS request to model '{request._model_name}' timed out after "
-                           f"{_wait_seconds(request):g} s")
-
-
-def _infer_request(request: pb_utils.InferenceRequest, signature: Any) -> InferRequest:
-    """The protocol request for ``signature``'s model, checked as an HTTP request is."""
-    from evserve.gpu.python_backend.instance import host_tensor
-
-    inputs = []
-    plans = []
-    for tensor in request._inputs:
-        host = host_tensor(tensor)
-        shape = tuple(int(d) for d in host.shape)
-        plans.append(InputPlan(host.name, host.datatype, shape, element_count(host.name, shape)))
-        inputs.append(InputTensor(host.name, host.datatype, shape, host.data))
-    check_inputs(plans, signature)
-    names = sorted(request._requested_output_names)
-    check_outputs(names, signature)
+def request_parameters(request: pb_utils.InferenceRequest) -> dict[str, Any]:
+    """The request parameters a BLS request carries: its own, and its sequence ID and flags."""
     parameters = json.loads(request._parameters) if request._parameters else {}
     if request._correlation_id:
         parameters["sequence_id"] = request._correlation_id
@@ -165,9 +193,27 @@ def _infer_request(request: pb_utils.InferenceRequest, signature: Any) -> InferR
         parameters["sequence_start"] = True
     if request._flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
         parameters["sequence_end"] = True
+    return parameters
+
+
+def wait_seconds(request: pb_utils.InferenceRequest) -> float:
+    timeout_us = request._timeout or 0
+    return timeout_us / 1e6 if timeout_us > 0 else DEFAULT_WAIT
+
+
+def _timed_out(request: pb_utils.InferenceRequest, call: Call) -> pb_utils.InferenceResponse:
+    call.abandon()
+    return _error_response(f"BLS request to model '{request._model_name}' timed out after "
+                           f"{wait_seconds(request):g} s")
+
+
+def _infer_request(target: BlsTarget, inputs: list[InputTensor], signature: Any) -> InferRequest:
+    """The protocol request for ``signature``'s model, checked as an HTTP request is."""
+    check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs], signature)
+    check_outputs(target.output_names, signature)
     return InferRequest(
-        signature.name, signature.version, id=request._request_id, parameters=parameters, inputs=inputs,
-        outputs=[RequestedOutput(n) for n in names] or None,
+        signature.name, signature.version, id=target.request_id, parameters=dict(target.parameters), inputs=inputs,
+        outputs=[RequestedOutput(n) for n in target.output_names] or None,
     )
 
 
@@ -175,28 +221,24 @@ def exec_request(request: pb_utils.InferenceRequest, decoupled: bool) -> Any:
     """``InferenceRequest.exec()``: the response, or for ``decoupled=True`` an iterator of responses."""
     gate = gateway()
     if gate is None:
-        raise pb_utils.TritonModelException(
-            "BLS needs the server's model manager, which this process does not have (a process-isolated model "
-            "instance): run this model with --model-isolation thread (or EVSERVE_MODEL_ISOLATION thread) to call "
-            "other models"
-        )
+        raise pb_utils.TritonModelException("BLS needs a running server: this model was not loaded by one")
     call = gate.submit(request, decoupled)
     if isinstance(call, pb_utils.InferenceResponse):
         return iter([call]) if decoupled else call
     if decoupled:
         return _iterate(request, call)
     try:
-        result, _ = call.answers.get(timeout=_wait_seconds(request))
+        result, _ = call.answers.get(timeout=wait_seconds(request))
     except queue.Empty:
         return _timed_out(request, call)
     return _response(result)
 
 
-def _iterate(request: pb_utils.InferenceRequest, call: _Call) -> Iterator[pb_utils.InferenceResponse]:
+def _iterate(request: pb_utils.InferenceRequest, call: Call) -> Iterator[pb_utils.InferenceResponse]:
     """A decoupled model's responses as they come; the last carries the final flag (maybe empty)."""
     while True:
         try:
-            result, final = call.answers.get(timeout=_wait_seconds(request))
+            result, final = call.answers.get(timeout=wait_seconds(request))
         except queue.Empty:
             yield _timed_out(request, call)
             return

@@ -131,15 +131,17 @@ def _write(repository: Path, name: str, execute: str, extra: str = "") -> None:
         CALLER_MODEL.replace("{name}", name).replace("{execute}", execute))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]:
+    """Every test runs twice: models in the server's process, and each instance in a child process
+    (whose BLS calls travel to the server over the instance's socket)."""
     repository = tmp_path_factory.mktemp("bls-repo")
     for name in ("simple", "repeat_int32", "sequence_accumulator"):
         shutil.copytree(Path(EXAMPLE_REPOSITORY) / name, repository / name)
     _write(repository, "caller", SYNC_EXECUTE)
     _write(repository, "async_caller", ASYNC_EXECUTE)
     _write(repository, "sleeper", SLEEPER_EXECUTE)
-    with EvserveProcess("--model-repository", str(repository)) as proc:
+    with EvserveProcess("--model-repository", str(repository), "--model-isolation", request.param) as proc:
         yield proc
 
 
