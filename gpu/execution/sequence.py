@@ -85,14 +85,14 @@ class SequencePolicy:
             strategy=strategy,
             idle_ns=int(sequence.get("max_sequence_idle_microseconds", 1_000_000)) * 1000,
             slots_per_instance=slots,
-            controls=tuple(_control(entry) for entry in sequence.get("control_input", ())),
+            controls=tuple(_control(entry) for entry in sequence.get("control_input", ()) if entry.get("control")),
             max_queue_delay_us=int(settings.get("max_queue_delay_microseconds", 0)),
             preferred_batch_sizes=tuple(int(size) for size in settings.get("preferred_batch_size", ())),
         )
 
 
 def _control(entry: dict) -> ControlInput:
-    control = entry["control"][0]  # validation allows one control per input (config_validate)
+    control = entry["control"][0]  # an input with several controls carries the first (Triton accepts those)
     kind = control["kind"]
     if kind == CORRID:
         return ControlInput(entry["name"], kind, config_to_protocol(control.get("data_type", "TYPE_UINT64")))

@@ -106,12 +106,50 @@ def _validate_sequence_batching(message: Any, source: str) -> None:
             "sequence_batching.oldest.preferred_batch_size",
             source,
         )
+    _validate_control_inputs(message, source)
     if sequence.HasField("direct") and not 0.0 <= sequence.direct.minimum_slot_utilization <= 1.0:
         raise _fail(
             source,
             "sequence_batching.direct.minimum_slot_utilization",
             "sequence batching minimum slot utilization must be in range (0.0, 1.0]",
         )
+
+
+_CORRID_TYPES = ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING")
+_FLAG_FIELDS = ("int32_false_true", "fp32_false_true", "bool_false_true")
+
+
+def _validate_control_inputs(message: Any, source: str) -> None:
+    """Triton's checks of ``sequence_batching.control_input`` (its texts, after file and field)."""
+    name = message.name
+    field = "sequence_batching.control_input"
+    control_kind = schema().ModelSequenceBatching.Control.Kind
+    data_type = schema().DataType
+    seen: set[str] = set()
+    for entry in message.sequence_batching.control_input:
+        if not entry.name:
+            raise _fail(source, field, f"sequence batching control tensor must have a name for {name}")
+        for control in entry.control:
+            kind = control_kind.Name(control.kind)
+            if kind in seen:
+                raise _fail(source, field, f"sequence batching specifies multiple {kind} tensors for {name}")
+            seen.add(kind)
+            if kind == "CONTROL_SEQUENCE_CORRID":
+                if data_type.Name(control.data_type) not in _CORRID_TYPES:
+                    raise _fail(source, field, f"unexpected data type for control {kind} for {name}. Allowed data "
+                                               "types are TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 and "
+                                               "TYPE_STRING")
+                continue
+            given = [flags for flags in _FLAG_FIELDS if len(getattr(control, flags))]
+            if not given:
+                raise _fail(source, field, "sequence batching must specify either 'int32_false_true', "
+                                           f"'fp32_false_true' or 'bool_false_true' for {kind} for {name}")
+            if len(given) > 1:
+                raise _fail(source, field, "sequence batching specifies more than one from 'int32_false_true', "
+                                           f"'fp32_false_true' and 'bool_false_true' for {kind} for {name}")
+            if len(getattr(control, given[0])) != 2:
+                raise _fail(source, field, f"sequence batching control '{given[0]}' must have exactly 2 entries for "
+                                           f"{kind} for {name}")
 
 
 def validate_instance_groups(message: Any, gpu_count: int, source: str) -> None:

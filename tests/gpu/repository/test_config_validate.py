@@ -107,6 +107,29 @@ def test_unparsable_pbtxt_names_file_position_and_field(text: str, fragments: li
             "DELAY",
         ),
         ("sequence_batching { direct { minimum_slot_utilization: 1.5 } }", "minimum_slot_utilization", "1.0"),
+        # Triton 2.51's texts for control inputs.
+        ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START '
+         'int32_false_true: [ 1 ] } ] } ] }', "sequence_batching.control_input",
+         "sequence batching control 'int32_false_true' must have exactly 2 entries for CONTROL_SEQUENCE_START for "
+         "simple"),
+        ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }',
+         "sequence_batching.control_input", "sequence batching must specify either 'int32_false_true', "
+         "'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_START for simple"),
+        ('sequence_batching { control_input [ { name: "S" control [ { kind: CONTROL_SEQUENCE_END '
+         'int32_false_true: [ 0, 1 ] fp32_false_true: [ 0, 1 ] } ] } ] }', "sequence_batching.control_input",
+         "specifies more than one from 'int32_false_true', 'fp32_false_true' and 'bool_false_true' for "
+         "CONTROL_SEQUENCE_END"),
+        ('sequence_batching { control_input [ { name: "C" control [ { kind: CONTROL_SEQUENCE_CORRID '
+         'data_type: TYPE_FP32 } ] } ] }', "sequence_batching.control_input",
+         "unexpected data type for control CONTROL_SEQUENCE_CORRID for simple. Allowed data types are TYPE_UINT64, "
+         "TYPE_INT64, TYPE_UINT32, TYPE_INT32 and TYPE_STRING"),
+        ('sequence_batching { control_input [ { name: "A" control [ { kind: CONTROL_SEQUENCE_READY '
+         'int32_false_true: [ 0, 1 ] } ] }, { name: "B" control [ { kind: CONTROL_SEQUENCE_READY '
+         'int32_false_true: [ 0, 1 ] } ] } ] }', "sequence_batching.control_input",
+         "sequence batching specifies multiple CONTROL_SEQUENCE_READY tensors for simple"),
+        ('sequence_batching { control_input [ { control [ { kind: CONTROL_SEQUENCE_START '
+         'int32_false_true: [ 0, 1 ] } ] } ] }', "sequence_batching.control_input",
+         "sequence batching control tensor must have a name for simple"),
         ("model_transaction_policy { decoupled: true } response_cache { enable: true }", "response_cache", "decoupled"),
         ("instance_group [ { kind: KIND_GPU } ]", "instance_group[0]", "no GPUs are available"),
         ("instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", "instance_group[0].gpus", "KIND_CPU"),
