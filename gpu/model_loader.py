@@ -147,7 +147,7 @@ class ModelLoader:
             _warn_unenforced(name, batching)
         sequencing = None
         if "sequence_batching" in config.raw:
-            sequencing = SequencePolicy.from_config(config.raw, config.max_batch_size)
+            sequencing = SequencePolicy.from_config(config.raw, config.max_batch_size, model_dir)
             # Requests of different sequences on one instance batch as dynamic batching batches them.
             batching = DynamicBatching.from_json({
                 "max_queue_delay_microseconds": sequencing.max_queue_delay_us,

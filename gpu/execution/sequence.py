@@ -17,6 +17,10 @@ Triton's ``sequence_batching`` for stateful models, as the python backend sees i
   dynamic batching batches them (the strategy's queue delay and preferred sizes).
 * The model sees the configured control inputs (``CONTROL_SEQUENCE_START``, ``_END``, ``_READY``,
   ``_CORRID``) as ordinary input tensors of shape ``[1]`` (``[1, 1]`` when the model batches).
+* Implicit state (``state`` entries): each request of a sequence gets its ``input_name`` tensor
+  (the ``initial_state`` on START), and the ``output_name`` tensor the model returns becomes the
+  next request's, taken off the response before the client sees it. (Triton 2.51's python backend
+  passes the initial state on every request and never keeps what the model returns.)
 
 Everything here runs on whichever thread submits or completes a job; the state of all sequences
 sits under one lock, never held while a job is handed to a worker or answered.
@@ -25,6 +29,7 @@ sits under one lock, never held while a job is handed to a worker or answered.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -39,7 +44,7 @@ from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.execution.worker import InstanceWorker
 from evserve.protocol.datatypes import config_to_protocol, numpy_dtype
 from evserve.protocol.errors import BadRequest, ProtocolError, Unavailable
-from evserve.protocol.types import InputTensor
+from evserve.protocol.types import InferResponse, InputTensor, RequestedOutput
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +66,16 @@ class ControlInput:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSpec:
+    """One implicit state: the input the model reads it from, the output it returns it in, its start value."""
+
+    input_name: str
+    output_name: str
+    datatype: str
+    initial: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class SequencePolicy:
     """The ``sequence_batching`` settings the batcher needs, read from a completed config."""
 
@@ -70,9 +85,10 @@ class SequencePolicy:
     controls: tuple[ControlInput, ...]
     max_queue_delay_us: int
     preferred_batch_sizes: tuple[int, ...]
+    states: tuple[StateSpec, ...] = ()
 
     @classmethod
-    def from_config(cls, raw: dict, max_batch_size: int) -> SequencePolicy:
+    def from_config(cls, raw: dict, max_batch_size: int, model_dir: str | None = None) -> SequencePolicy:
         sequence = raw["sequence_batching"]
         oldest = sequence.get("oldest")
         strategy = "oldest" if oldest is not None else "direct"
@@ -88,7 +104,29 @@ class SequencePolicy:
             controls=tuple(_control(entry) for entry in sequence.get("control_input", ()) if entry.get("control")),
             max_queue_delay_us=int(settings.get("max_queue_delay_microseconds", 0)),
             preferred_batch_sizes=tuple(int(size) for size in settings.get("preferred_batch_size", ())),
+            states=tuple(_state(entry, max_batch_size, model_dir) for entry in sequence.get("state", ())),
         )
+
+
+def _state(entry: dict, max_batch_size: int, model_dir: str | None) -> StateSpec:
+    """A ``state`` entry with its initial value: zeros, a file's bytes, or zeros when it names none."""
+    datatype = config_to_protocol(entry["data_type"])
+    dims = [1 if d < 0 else int(d) for d in entry.get("dims", ())]
+    initial_states = entry.get("initial_state", ())
+    initial = np.zeros(dims, dtype=numpy_dtype(datatype))
+    if initial_states:
+        first = initial_states[0]
+        dims = [int(d) for d in first.get("dims", dims)]
+        initial = np.zeros(dims, dtype=numpy_dtype(datatype))
+        data_file = first.get("data_file")
+        if data_file and model_dir is not None:
+            # Triton reads it from <model>/initial_state/<data_file>, raw little-endian values.
+            with open(os.path.join(model_dir, "initial_state", data_file), "rb") as handle:
+                raw = handle.read()
+            initial = np.frombuffer(raw, dtype=numpy_dtype(datatype)).reshape(dims).copy()
+    if max_batch_size > 0:
+        initial = initial.reshape(1, *initial.shape)
+    return StateSpec(entry["input_name"], entry["output_name"], datatype, initial)
 
 
 def _control(entry: dict) -> ControlInput:
@@ -106,7 +144,7 @@ def _control(entry: dict) -> ControlInput:
 class _Sequence:
     """One live sequence: its instance slot, its requests waiting their turn, and when it last ran."""
 
-    __slots__ = ("key", "worker", "pending", "busy", "ending", "last_ns")
+    __slots__ = ("key", "worker", "pending", "busy", "ending", "last_ns", "state")
 
     def __init__(self, key: int | str, now: int) -> None:
         self.key = key
@@ -115,6 +153,7 @@ class _Sequence:
         self.busy = False  # one of its requests is at the instance
         self.ending = False  # the last request queued carries END
         self.last_ns = now
+        self.state: dict[str, np.ndarray] = {}  # implicit state by input name, as the last answer left it
 
 
 class SequenceBatcher:
@@ -233,6 +272,8 @@ class SequenceBatcher:
         ``direct`` when the submitting thread is still waiting for the outcome: a refusal (a full
         queue) is raised to it. A job that waited here is answered with the refusal instead.
         """
+        if self.policy.states:
+            self._give_state(sequence, job)
         self._watch(sequence, job)
         try:
             self.workers[sequence.worker].submit(job)  # type: ignore[index]
@@ -242,13 +283,40 @@ class SequenceBatcher:
                 raise
             job.finish(exc)
 
+    def _give_state(self, sequence: _Sequence, job: ExecRequest) -> None:
+        """The job's implicit state inputs (the initial ones on START), and its state outputs requested."""
+        request = job.request
+        start = request.parameters.get("sequence_start") is True
+        for state in self.policy.states:
+            value = state.initial if start else sequence.state.get(state.input_name, state.initial)
+            request.inputs.append(InputTensor(state.input_name, state.datatype, tuple(value.shape), value))
+            if request.outputs is not None:
+                request.outputs.append(RequestedOutput(state.output_name))
+
+    def _keep_state(self, sequence: _Sequence, result: Any) -> None:
+        """Take the state outputs off a response: the sequence's next request reads them."""
+        if not isinstance(result, InferResponse):
+            return
+        names = {state.output_name: state.input_name for state in self.policy.states}
+        kept = []
+        for output in result.outputs:
+            input_name = names.get(output.name)
+            if input_name is None:
+                kept.append(output)
+            else:
+                sequence.state[input_name] = output.data
+        result.outputs = kept
+
     def _watch(self, sequence: _Sequence, job: ExecRequest) -> None:
-        """Make the job's terminal call also release its sequence's turn."""
+        """Make the job's terminal call also keep its state and release its sequence's turn."""
+        states = bool(self.policy.states)
         if job.stream is not None:
             stream = job.stream
 
             def streamed(result: Any, final: bool) -> None:
                 try:
+                    if states:
+                        self._keep_state(sequence, result)
                     stream(result, final)
                 finally:
                     if final:
@@ -260,6 +328,8 @@ class SequenceBatcher:
 
             def completed(result: Any) -> None:
                 try:
+                    if states:
+                        self._keep_state(sequence, result)
                     complete(result)
                 finally:
                     self._done(sequence)

@@ -99,7 +99,12 @@ class PythonModelInstance:
         instances = sum(int(group.get("count", 1)) for group in config.raw.get("instance_group", ())) or 1
         # Which version runs on the worker thread, for BLS's self-call check (bls.py).
         self._bls_key = (config.name, str(version), instances)
-        self.output_names = frozenset(entry["name"] for entry in config.raw.get("output", ()))
+        # Outputs the model may return: its declared ones, and the outputs of its implicit sequence
+        # state, which the sequence batcher takes off each response (gpu/execution/sequence.py).
+        states = config.raw.get("sequence_batching", {}).get("state", ())
+        self.output_names = frozenset(
+            [entry["name"] for entry in config.raw.get("output", ())] + [state["output_name"] for state in states]
+        )
         # Config `reshape`: the model sees inputs in the reshaped form and returns outputs in it;
         # the client sends and receives `dims` (Triton's rule). The batch dimension is kept.
         self._batched = config.max_batch_size > 0

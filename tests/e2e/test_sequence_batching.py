@@ -65,6 +65,35 @@ class TritonPythonModel:
 """
 
 
+# A running total kept by the server as implicit state: INPUT_STATE in, OUTPUT_STATE out.
+STATE_CONFIG = """
+name: "implicit_total"
+backend: "python"
+max_batch_size: 4
+sequence_batching {
+  control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] } ]
+  state [ { input_name: "INPUT_STATE" output_name: "OUTPUT_STATE" data_type: TYPE_INT32 dims: [ 1 ]
+            initial_state: { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true name: "zero" } } ]
+}
+input [ { name: "INPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+STATE_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            total = (pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+                     + pb_utils.get_input_tensor_by_name(request, "INPUT_STATE").as_numpy())
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", total),
+                                                         pb_utils.Tensor("OUTPUT_STATE", total)]))
+        return responses
+"""
+
+
 def _write_probe(repository: Path, name: str, *, max_batch_size: int, idle_us: int, corrid: str) -> None:
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "config.pbtxt").write_text(
@@ -79,6 +108,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]
         shutil.copytree(Path(EXAMPLE_REPOSITORY) / name, repository / name)
     _write_probe(repository, "probe", max_batch_size=8, idle_us=5_000_000, corrid="TYPE_UINT64")
     _write_probe(repository, "one_slot", max_batch_size=0, idle_us=1_000_000, corrid="TYPE_STRING")
+    (repository / "implicit_total" / "1").mkdir(parents=True)
+    (repository / "implicit_total" / "config.pbtxt").write_text(STATE_CONFIG)
+    (repository / "implicit_total" / "1" / "model.py").write_text(STATE_MODEL)
     with EvserveProcess("--model-repository", str(repository)) as proc:
         yield proc
 
@@ -190,3 +222,15 @@ def test_a_second_sequence_waits_for_the_slot_until_the_first_goes_idle(client: 
         _send(client, "one_slot", 1, "A")
     assert "inference request for sequence A to model 'one_slot' must specify the START flag" in caught.value.message()
     _send(client, "one_slot", 1, "B", end=True)
+
+
+def test_implicit_state_carries_from_request_to_request(client: Any) -> None:
+    """The server keeps OUTPUT_STATE and feeds it back as INPUT_STATE; the client never sees it."""
+    totals = []
+    for i, value in enumerate((5, 7, 1)):
+        reply = _send(client, "implicit_total", value, 31, start=i == 0, end=i == 2)
+        totals.append(int(reply.as_numpy("OUTPUT")[0][0]))
+        assert reply.as_numpy("OUTPUT_STATE") is None
+    assert totals == [5, 12, 13]
+    restart = _send(client, "implicit_total", 4, 31, start=True, end=True)
+    assert int(restart.as_numpy("OUTPUT")[0][0]) == 4  # START begins again from the initial state
