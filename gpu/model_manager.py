@@ -265,12 +265,16 @@ class ModelManager:
         """Every model name the repository or the manager knows (loaded or not)."""
         return set(self._records) | set(self._sources) | set(self._unservable)
 
-    @staticmethod
-    def custom_metric_families() -> list[tuple[str, str, Any, list[Any]]]:
-        """The models' live pb_utils.MetricFamily objects (name, description, kind, metrics), for /metrics."""
+    def custom_metric_families(self) -> list[tuple[str, str, int, list[tuple[str, dict[str, str], float]]]]:
+        """The models' pb_utils.MetricFamily series (name, description, kind, samples), for /metrics:
+        those of this process's models, then the latest each process-isolated instance shipped."""
         from evserve.gpu.python_backend.pb_utils import metrics
 
-        return metrics.families()
+        found = metrics.snapshot()
+        for version in self.ready_versions():
+            for worker in version.workers:
+                found.extend(getattr(worker.instance, "custom_metrics", ()))
+        return found
 
     def refresh(self) -> None:
         """Rescan the repositories now (disk I/O: never call it on a loop thread)."""

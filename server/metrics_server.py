@@ -125,12 +125,14 @@ _PROMETHEUS_KIND = {0: "counter", 1: "gauge", 2: "histogram"}
 def custom_families(manager: ModelManager) -> list[Family]:
     """The models' own metric families (pb_utils.MetricFamily), as Triton exports them."""
     out = []
-    for name, description, kind, metrics in manager.custom_metric_families():
-        family = Family(name, _PROMETHEUS_KIND.get(int(kind), "untyped"), description)
-        for metric in metrics:
-            for suffix, labels, value in metric.samples():
-                family.add(labels, value, suffix)
-        out.append(family)
+    by_name: dict[str, Family] = {}
+    for name, description, kind, samples in manager.custom_metric_families():
+        family = by_name.get(name)
+        if family is None:  # two process instances of a model ship the same family: one block
+            family = by_name[name] = Family(name, _PROMETHEUS_KIND.get(int(kind), "untyped"), description)
+            out.append(family)
+        for suffix, labels, value in samples:
+            family.add(labels, value, suffix)
     return out
 
 

@@ -35,6 +35,7 @@ from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
 from evserve.gpu.process.tensors import pack_result, unpack
 from evserve.gpu.python_backend import bls
 from evserve.gpu.python_backend.model import PythonModel
+from evserve.gpu.python_backend.pb_utils import metrics
 from evserve.gpu.repository.model_config import ModelConfig
 from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
 
@@ -108,6 +109,9 @@ class Child:
             return
         self.decoupled = self.instance.decoupled
         self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check})
+        frame = self._metrics_frame()
+        if frame:  # families made in initialize
+            self.writer.send_encoded(frame)
 
     def execute(self, message: dict[str, Any]) -> None:
         jobs = [self._job(request) for request in message["requests"]]
@@ -119,6 +123,7 @@ class Child:
         finally:
             with self._arena_lock:
                 held, self._held, self._bump = self._held or [], None, None
+                held.append(self._metrics_frame())
                 held.append(encode({"op": "done", "batch": message["batch"]}))
                 self.writer.send_encoded(b"".join(held))
 
@@ -139,6 +144,13 @@ class Child:
         if header["stream"]:
             return ExecRequest(request, _unused, cancelled, lambda result, final: self._send(rid, result, final))
         return ExecRequest(request, lambda result: self._send(rid, result, True), cancelled)
+
+    def _metrics_frame(self) -> bytes:
+        """The model's custom metrics as a frame (nothing when it has none): sent with every batch's
+        "done", so /metrics shows them as of the instance's last batch. A model without custom
+        metrics pays one empty registry walk."""
+        families = metrics.snapshot()
+        return encode({"op": "metrics", "families": families}) if families else b""
 
     def _send(self, rid: int, result: Any, final: bool) -> None:
         with self._arena_lock:

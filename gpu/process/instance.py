@@ -161,6 +161,8 @@ class ProcessInstance:
         self._gave_up: str | None = None
         self._closing = False
         self.restarts = 0
+        # The model's pb_utils.MetricFamily series as its child last shipped them (for /metrics).
+        self.custom_metrics: list[tuple[Any, ...]] = []
         # A decoupled model answers whenever it likes: a reader thread owns its socket. Otherwise
         # whoever sends (the worker, a readiness check, finalize) reads the answer, under _io_lock.
         config = ModelConfig(spec.config)
@@ -366,6 +368,8 @@ class ProcessInstance:
                     job.send(result)  # type: ignore[arg-type]
         elif op == "done":
             self._batch_done.set()
+        elif op == "metrics":
+            self.custom_metrics = [tuple(family) for family in message["families"]]
         elif op == "bls":
             self._bls.call(child.writer, child.arena, message)
         elif op == "bls_cancel":
@@ -393,6 +397,7 @@ class ProcessInstance:
             self._jobs.clear()
             if self._child is child:
                 self._child = None
+                self.custom_metrics = []  # they lived in that process
         if child.timed_out:
             how = f"ran past its execute timeout of {self.spec.execute_timeout:g} s and was killed"
         else:

@@ -218,13 +218,15 @@ class TritonPythonModel:
 """
 
 
-def test_custom_and_triton_metrics_parse_with_prometheus_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_custom_and_triton_metrics_parse_with_prometheus_client(tmp_path: Path, isolation: str) -> None:
+    """Custom metrics show on /metrics whether the model runs in the server or in a child process."""
     parser = pytest.importorskip("prometheus_client.parser")
     copy_simple(tmp_path)
     (tmp_path / "metered" / "1").mkdir(parents=True)
     (tmp_path / "metered" / "config.pbtxt").write_text(METERED_CONFIG)
     (tmp_path / "metered" / "1" / "model.py").write_text(METERED_MODEL)
-    with EvserveProcess("--model-repository", str(tmp_path)) as server:
+    with EvserveProcess("--model-repository", str(tmp_path), "--model-isolation", isolation) as server:
         for value in (0.5, 5.0, 50.0):
             body = json.dumps({"inputs": [{"name": "IN", "datatype": "FP32", "shape": [1], "data": [value]}]})
             assert call(server.port, "POST", "/v2/models/metered/infer", body.encode()).status == 200

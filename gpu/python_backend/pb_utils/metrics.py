@@ -6,8 +6,9 @@ metrics are kept by weak reference here, so an unloaded model's metrics disappea
 kind or description fails, as the C API does. Histograms keep Prometheus's cumulative buckets,
 sum and count.
 
-Metrics created inside a process-isolated instance live in its child process and are not
-exported (the child does not ship them to the server).
+Metrics created inside a process-isolated instance live in its child process, which ships a
+:func:`snapshot` to the server with each batch's answer (:mod:`evserve.gpu.process.child`); the
+server exports the latest one.
 
 Thread-safety: the registry and each metric have a lock (model threads update, the scrape reads).
 """
@@ -138,3 +139,12 @@ def families() -> list[tuple[str, str, MetricKind, list[Metric]]]:
                 continue
             out.append((name, live[0].description, live[0].kind, [m for f in live for m in f.metrics()]))
     return out
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def snapshot() -> list[tuple[str, str, int, Samples]]:
+    """(name, description, kind, samples) of every live family: what /metrics renders, as plain data."""
+    return [(name, description, int(kind), [sample for metric in metrics for sample in metric.samples()])
+            for name, description, kind, metrics in families()]
