@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.execution.worker import InstanceWorker
 from evserve.gpu.options import ISOLATIONS, ModelManagerOptions
+from evserve.gpu.process import environment
 from evserve.gpu.process.instance import ChildSpec, ProcessInstance
 from evserve.gpu.python_backend.model import PythonModel, PythonModelError
 from evserve.gpu.python_backend.pb_utils import TritonModelException
@@ -94,16 +96,20 @@ class ModelLoader:
             if not selected:
                 raise LoadFailure(f"at least one version must be available under the version policy of model '{name}'")
             on_selected(selected)
-            # Auto-complete runs once per model, with the newest selected version's model.py.
-            modules[selected[-1]] = PythonModel.import_version(model_dir, name, selected[-1])
-            if not self.disable_auto_complete:
-                cfg = modules[selected[-1]].auto_complete(cfg)
+            # A model with its own environment is imported only by its children (its imports may
+            # exist only there), so its config must be complete: auto-complete needs the module.
+            foreign = bool(cfg.get("parameters", {}).get(environment.PARAMETER, {}).get("string_value"))
+            if not foreign:
+                # Auto-complete runs once per model, with the newest selected version's model.py.
+                modules[selected[-1]] = PythonModel.import_version(model_dir, name, selected[-1])
+                if not self.disable_auto_complete:
+                    cfg = modules[selected[-1]].auto_complete(cfg)
             config = ModelConfig(complete_config(cfg, name, source, model_dir=model_dir, gpu_count=gpus), model_dir)
             for number in selected:
-                if number not in modules:
+                if number not in modules and not foreign:
                     modules[number] = PythonModel.import_version(model_dir, name, number)
                 started = time.monotonic()
-                built[number] = self._instantiate(name, number, config, modules[number], model_dir)
+                built[number] = self._instantiate(name, number, config, modules.get(number), model_dir)
                 built[number].load_seconds = time.monotonic() - started
         except BaseException as exc:
             for version in built.values():
@@ -138,7 +144,7 @@ class ModelLoader:
             built[number] = EnsembleVersion(name, number, config, stats, steps, self.resolve)
         return built
 
-    def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel,
+    def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel | None,
                      model_dir: str) -> ModelVersion:
         """Initialise every instance of one version and start its workers."""
         stats = ModelStats(latency_summaries=self.latency_summaries)
@@ -167,6 +173,7 @@ class ModelLoader:
             isolated = process_settings(config, self.isolation)
             for kind, device_id, instance_name in placements(config):
                 if isolated is None:
+                    assert module is not None, "a model run in-process is imported here"
                     instance = module.create_instance(config, number, kind, device_id, model_dir, instance_name)
                 else:
                     instance = ProcessInstance(ChildSpec(
@@ -210,13 +217,17 @@ TIMEOUT_PARAMETER = "EVSERVE_EXECUTE_TIMEOUT_SECS"
 DEFAULT_ARENA_BYTES = 64 << 20
 
 
-def process_settings(config: ModelConfig, default: str) -> tuple[int, float | None] | None:
-    """(arena bytes, execute timeout) when the model's instances run in child processes, else None.
+def process_settings(config: ModelConfig, default: str) -> tuple[int, float | None, str] | None:
+    """(arena bytes, execute timeout, interpreter) when the model's instances run in child processes, else None.
 
-    A bad value fails the load with the parameter's name (a model mistake, not a server one).
+    A model that names an ``EXECUTION_ENV_PATH`` always runs in child processes, on that
+    environment's interpreter. A bad value fails the load with the parameter's name (a model
+    mistake, not a server one).
     """
     parameters = config.parameters
-    isolation = parameters.get(ISOLATION_PARAMETER) or default
+    env_path = parameters.get(environment.PARAMETER)
+    python = environment.resolve(env_path, config.model_dir or "") if env_path else sys.executable
+    isolation = "process" if env_path else parameters.get(ISOLATION_PARAMETER) or default
     if isolation not in ISOLATIONS:
         raise ModelConfigError(f"parameter {ISOLATION_PARAMETER} of model '{config.name}' must be thread or "
                                f"process, not '{isolation}'")
@@ -231,7 +242,7 @@ def process_settings(config: ModelConfig, default: str) -> tuple[int, float | No
     if arena < 4096 or (timeout is not None and timeout <= 0):
         raise ModelConfigError(f"model '{config.name}': {ARENA_PARAMETER} must be at least 4096 and "
                                f"{TIMEOUT_PARAMETER} positive")
-    return arena, timeout
+    return arena, timeout, python
 
 
 def _warn_unenforced(name: str, batching: DynamicBatching) -> None:

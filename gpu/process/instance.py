@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evserve.gpu.execution.contract import ExecRequest, response_kind
+from evserve.gpu.process import environment
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
 from evserve.gpu.process.bls_link import ServerRelay
 from evserve.gpu.process.frames import FrameReader, FrameWriter
@@ -67,7 +68,7 @@ class ChildSpec:
     instance_name: str
     arena_bytes: int
     execute_timeout: float | None  # seconds; None waits for ever
-    python: str = sys.executable
+    python: str = sys.executable  # the model's EXECUTION_ENV_PATH interpreter, if it names one
 
 
 def describe_exit(code: int | None) -> str:
@@ -91,9 +92,9 @@ class _Child:
         parent_sock, child_sock = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                [spec.python, "-m", "evserve.gpu.process.child",
+                [*environment.child_command(spec.python),
                  str(child_sock.fileno()), str(self.arena.fd), str(self.arena.size)],
-                pass_fds=(child_sock.fileno(), self.arena.fd),
+                pass_fds=(child_sock.fileno(), self.arena.fd), env=environment.child_environment(spec.python),
             )
         except BaseException:
             parent_sock.close()
