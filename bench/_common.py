@@ -196,12 +196,12 @@ def environment() -> dict[str, object]:
 
 # --- request bodies ----------------------------------------------------------------------------
 
-def simple_json_body() -> bytes:
+def simple_json_body(output_names: tuple[str, str] = ("OUTPUT0", "OUTPUT1")) -> bytes:
     """What tritonclient's HTTP client sends for Triton's simple example (binary_data off everywhere)."""
     def tensor(name: str, data: list[int]) -> dict[str, object]:
         return {"name": name, "shape": [1, 16], "datatype": "INT32", "data": data}
 
-    outputs = [{"name": name, "parameters": {"binary_data": False}} for name in ("OUTPUT0", "OUTPUT1")]
+    outputs = [{"name": name, "parameters": {"binary_data": False}} for name in output_names]
     return orjson.dumps({"inputs": [tensor("INPUT0", list(range(16))), tensor("INPUT1", [1] * 16)],
                          "outputs": outputs})
 

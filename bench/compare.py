@@ -74,8 +74,10 @@ from _measure import CpuWindow, build_loadgen, raw_request, run_loadgen, wait_id
 
 from evserve.gpu import EXAMPLE_REPOSITORY
 
-WORKLOADS = ("ready", "simple-json", "identity-binary", "identity-json", "bls-json")
-MODELS = ("simple", "identity_fp32", "bls_simple")
+WORKLOADS = ("ready", "simple-json", "identity-binary", "identity-json", "bls-json", "ensemble-json")
+MODELS = ("simple", "identity_fp32", "bls_simple", "simple_ensemble")
+# Workloads that need a model server (BLS, ensembles): the work floor serves only single models.
+COMPOSED = frozenset({"bls-json", "ensemble-json"})
 READY_PATH = "/v2/health/ready"
 DTYPES: dict[str, type[np.generic]] = {"INT32": np.int32, "FP32": np.float32}
 Arrays = dict[str, np.ndarray]
@@ -126,6 +128,12 @@ def _swapped(outputs: Arrays) -> Arrays:
     return {"OUTPUT0": outputs["OUTPUT1"], "OUTPUT1": outputs["OUTPUT0"]}
 
 
+def _doubled(body: bytes) -> Arrays:
+    """simple_ensemble's outputs: two `simple` steps give twice each input."""
+    inputs = {t["name"]: np.array(t["data"], np.int32).reshape(t["shape"]) for t in orjson.loads(body)["inputs"]}
+    return {"TWICE0": 2 * inputs["INPUT0"], "TWICE1": 2 * inputs["INPUT1"]}
+
+
 def identity_body(data: np.ndarray, binary: bool) -> tuple[bytes, int]:
     """An identity_fp32 request (what tritonclient sends) and the length of its JSON part."""
     tensor: dict[str, object] = {"name": "INPUT0", "shape": list(data.shape), "datatype": "FP32"}
@@ -152,6 +160,7 @@ def write_files(workdir: Path, workload: Workload) -> Workload:
 
 def build_workloads(names: Sequence[str], mib: float, workdir: Path) -> list[Workload]:
     simple_body = simple_json_body()
+    ensemble_body = simple_json_body(("TWICE0", "TWICE1"))
     data = tensor_data(mib)
     binary, header_length = identity_body(data, binary=True)
     as_json, _ = identity_body(data, binary=False)
@@ -170,6 +179,10 @@ def build_workloads(names: Sequence[str], mib: float, workdir: Path) -> list[Wor
         # simple's request through bls_simple: one BLS hop to `simple`, outputs swapped.
         "bls-json": Workload("bls-json", "POST", "/v2/models/bls_simple/infer", LUA_DIR / "post_json.lua",
                              headers=json_headers, body=simple_body, expected=_swapped(simple_expected(simple_body))),
+        # simple's request through simple_ensemble: two `simple` steps, one after the other.
+        "ensemble-json": Workload("ensemble-json", "POST", "/v2/models/simple_ensemble/infer",
+                                  LUA_DIR / "post_json.lua", headers=json_headers, body=ensemble_body,
+                                  expected=_doubled(ensemble_body)),
     }
     return [write_files(workdir, catalogue[name]) for name in names]
 
@@ -234,7 +247,7 @@ def build_servers(args: argparse.Namespace, repo: Path, triton: Path | None) -> 
                "/", frozenset({"ready", "simple-json"})),
         Server("work floor (inline Python)", "work",
                lambda port: [python, str(BENCH_DIR / "work_floor.py"), "--port", str(port)], READY_PATH,
-               everything - {"bls-json"}),
+               everything - COMPOSED),
     ]
     if triton is not None:
         servers.append(Server("Triton 2.51", "triton", lambda port: triton_argv(triton, repo, port),

@@ -32,17 +32,19 @@ from pathlib import Path
 
 from _common import BENCH_DIR, HOST, free_port, simple_json_body
 
-WORKLOADS = ("ready", "simple-json")
+WORKLOADS = ("ready", "simple-json", "bls-json", "ensemble-json")
+# simple's request to the model each JSON workload names (bls_simple and simple_ensemble call simple).
+MODELS = {"simple-json": "simple", "bls-json": "bls_simple", "ensemble-json": "simple_ensemble"}
 SERVERS = ("evserve", "work-floor")
 
 
 def request_bytes(workload: str) -> bytes:
     if workload == "ready":
         return b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    body = simple_json_body()
+    body = simple_json_body(("TWICE0", "TWICE1") if workload == "ensemble-json" else ("OUTPUT0", "OUTPUT1"))
     head = (
-        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
+        b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (MODELS[workload].encode(), len(body))
     )
     return head + body
 
@@ -150,7 +152,8 @@ def measure(server: str, workload: str, requests: int, connections: int, threads
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=SERVERS, action="append", help="repeatable; default: both")
-    parser.add_argument("--workload", choices=WORKLOADS, action="append", help="repeatable; default: both")
+    parser.add_argument("--workload", choices=WORKLOADS, action="append",
+                        help="repeatable; default: ready and simple-json (the work floor serves only those)")
     parser.add_argument("--requests", type=int, default=3000, help="requests counted (default 3000)")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="evserve --threads (default 1)")
@@ -160,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     servers = args.server or list(SERVERS)
     figures: dict[tuple[str, str], float] = {}
+    workloads = args.workload or ["ready", "simple-json"]
     print("| workload | server | instructions per request |\n|---|---|---:|")
-    for workload in args.workload or list(WORKLOADS):
+    for workload in workloads:
         for server in servers:
+            if server == "work-floor" and workload not in ("ready", "simple-json"):
+                continue  # it serves one model inline: no BLS, no ensembles
             figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads)
             print(f"| {workload} | {server} | {figures[workload, server]:,.0f} |", flush=True)
     if set(servers) == set(SERVERS):
-        for workload in args.workload or list(WORKLOADS):
+        for workload in (w for w in workloads if (w, "work-floor") in figures):
             ratio = figures[workload, "evserve"] / figures[workload, "work-floor"]
             print(f"\n{workload}: evserve executes {ratio:.2f}x the work floor's instructions per request")
     return 0

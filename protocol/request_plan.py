@@ -87,6 +87,30 @@ class RequestPlan:
         self.required = frozenset(spec.name for spec in signature.inputs if not spec.optional)
 
 
+def tensors_fit(plan: RequestPlan, inputs: list[InputTensor]) -> bool:
+    """Whether tensors built in-process (a BLS call, an ensemble step) pass every check of
+    :func:`evserve.protocol.validate.check_inputs`: the cheap answer for the usual case. When it
+    says no, the caller runs ``check_inputs`` for Triton's exact error."""
+    rules = plan.inputs
+    batched = plan.max_batch_size > 0
+    batch = -1
+    names = set()
+    for tensor in inputs:
+        rule = rules.get(tensor.name)
+        if rule is None or tensor.datatype != rule.datatype:
+            return False
+        shape = list(tensor.shape)
+        if batched:
+            if not shape or (batch >= 0 and shape[0] != batch):
+                return False
+            batch = shape[0]
+            shape = shape[1:]
+        if not rule.dims_match(shape):
+            return False
+        names.add(tensor.name)
+    return plan.required <= names and len(names) == len(inputs) and batch <= plan.max_batch_size
+
+
 def decode_common(
     document: dict[str, Any], binary: memoryview, plan: RequestPlan, max_input_size: int
 ) -> InferRequest | None:

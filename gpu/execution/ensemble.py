@@ -26,6 +26,7 @@ from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.repository.config_parse import ModelConfigError
 from evserve.protocol.errors import ProtocolError, Unavailable
+from evserve.protocol.request_plan import tensors_fit
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
 from evserve.protocol.validate import InputPlan, check_inputs, element_count
 
@@ -218,13 +219,12 @@ class _EnsembleRun:
 
     def _step_request(self, step: EnsembleStep, signature: Any) -> InferRequest:
         inputs = []
-        plans = []
         for model_input, tensor_name in step.input_map.items():
             tensor = self.tensors[tensor_name]
             inputs.append(InputTensor(model_input, tensor.datatype, tensor.shape, tensor.data))
-            plans.append(InputPlan(model_input, tensor.datatype, tensor.shape,
-                                   element_count(model_input, tensor.shape)))
-        check_inputs(plans, signature)
+        if not tensors_fit(signature.plan, inputs):  # the full checks, for Triton's error text
+            check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs],
+                         signature)
         request = self.job.request
         return InferRequest(signature.name, signature.version, id=request.id, parameters=request.parameters,
                             inputs=inputs, outputs=[RequestedOutput(name) for name in step.output_map])

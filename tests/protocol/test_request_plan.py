@@ -206,3 +206,37 @@ def test_doubtful_requests_step_aside(change: Any) -> None:
                            for i in range(2)]}
     change(document)
     assert decode_common(document, memoryview(b""), SIGNATURES["simple"].plan, MAX) is None
+
+
+_TENSOR_NAMES = ["INPUT0", "INPUT1", "A", "B", "C", "D", "OTHER"]
+_TENSOR_TYPES = ["INT32", "FP32", "UINT8", "BOOL", "FP64", "INT64"]
+
+
+@PROFILE
+@given(
+    model=st.sampled_from(sorted(SIGNATURES)),
+    tensors=st.lists(st.tuples(st.sampled_from(_TENSOR_NAMES), st.sampled_from(_TENSOR_TYPES),
+                               st.lists(st.integers(0, 17), max_size=3)), max_size=5),
+)
+def test_tensors_fit_only_when_check_inputs_passes(model: str, tensors: list[tuple[str, str, list[int]]]) -> None:
+    """tensors_fit is the fast yes of check_inputs (BLS and ensemble steps): never yes where it refuses."""
+    from evserve.protocol.request_plan import tensors_fit
+    from evserve.protocol.types import InputTensor
+    from evserve.protocol.validate import InputPlan, check_inputs
+
+    signature = SIGNATURES[model]
+    inputs = [InputTensor(name, datatype, tuple(shape), np.zeros(shape, numpy_dtype(datatype)))
+              for name, datatype, shape in tensors]
+    if not tensors_fit(signature.plan, inputs):
+        return
+    check_inputs([InputPlan(t.name, t.datatype, t.shape, int(np.prod(t.shape))) for t in inputs], signature)
+
+
+def test_tensors_fit_says_yes_to_a_good_request() -> None:
+    from evserve.protocol.request_plan import tensors_fit
+    from evserve.protocol.types import InputTensor
+
+    data = np.zeros((2, 16), np.int32)
+    good = [InputTensor("INPUT0", "INT32", (2, 16), data), InputTensor("INPUT1", "INT32", (2, 16), data)]
+    assert tensors_fit(SIGNATURES["simple"].plan, good)
+    assert not tensors_fit(SIGNATURES["simple"].plan, good[:1])
