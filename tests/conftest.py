@@ -13,6 +13,7 @@ import importlib
 NEEDS_TRITONCLIENT_HTTP = [
     "e2e/test_infer_tritonclient.py",
     "e2e/test_repository_api.py",
+    "e2e/test_sequence_batching.py",
     "e2e/test_shared_memory.py",
     "protocol/test_codec_properties.py",
     "protocol/test_infer_codec.py",
