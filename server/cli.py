@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from evserve.gpu.options import ModelManagerOptions
@@ -359,15 +360,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not stop.is_set():
         log.info("started: HTTP on %s:%d%s", config.http_address, server.api.port,
                  f", metrics on {server.metrics.address}:{server.metrics.port}/metrics" if server.metrics else "")
-    # A server stopped before it finished starting was never ready: no balancer sends it traffic.
-    serving = status == 0 and not stop.is_set()
     while not stop.wait(0.5):
         pass
-    if serving and config.drain_grace > 0 and not hurry.is_set():
+    # A server that is not ready (still starting, or a model failed) gets no traffic to hand over.
+    if status == 0 and config.drain_grace > 0 and not hurry.is_set() and server.manager.ready():
         log.info("stopping: not ready from now on, still serving for %g s so that load balancers take this "
                  "replica out (--drain-grace-secs; a second signal skips ahead)", config.drain_grace)
         server.begin_drain_grace()
-        hurry.wait(config.drain_grace)
+        # In short waits: Python runs a handler on this thread only, and a signal the kernel gave
+        # to another thread does not wake a long wait (seen on the free-threaded build).
+        end = time.monotonic() + config.drain_grace
+        while (left := end - time.monotonic()) > 0 and not hurry.wait(min(left, 0.2)):
+            pass
     log.info("stopping: draining connections for up to %.0f s", config.exit_timeout)
     server.stop()
     log.info("stopped")

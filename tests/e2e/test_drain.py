@@ -5,7 +5,8 @@ on the first signal evserve answers ``/v2/health/ready`` with 400 (live stays 20
 serving every request for the grace, each reply closing its connection so that keep-alive
 clients reconnect through their balancer; then the listener closes, requests in flight (a
 stream too) finish within ``--exit-timeout-secs``, and the process exits 0. A second signal
-skips the rest of the grace, and a server stopped before it was ever ready skips it.
+skips the rest of the grace, and a server that is not ready when the signal comes (still
+loading its models) skips it: no balancer sends it traffic.
 
 The bounds on time here are generous upper bounds, plus the lower bound that matters: a new
 connection is still served while the grace lasts.
