@@ -72,6 +72,9 @@ class HTTPAPIServer(HTTPServer):
         )
         self.config = config
         self.manager = manager
+        # The drain grace (--drain-grace-secs): ready answers 400 while everything else is served.
+        self.draining = False
+        # Stop has begun: health answers 503 "Server exiting" on the connections still open.
         self.exiting = False
         self._restricted = restrictions_by_endpoint(config.restricted_apis)
         self._metadata = json_reply(
@@ -116,6 +119,10 @@ class HTTPAPIServer(HTTPServer):
         self.traces.stop()
 
     def handle(self, request: Request) -> Response | None:
+        if self.draining:
+            # Each reply of the grace closes its connection, so that keep-alive clients reconnect
+            # through their balancer (to another replica) instead of being cut when the drain ends.
+            request.keep_alive = False
         path = request.path
         route = ROUTES.get(path) or match(path)
         if route is None:
@@ -145,7 +152,7 @@ class HTTPAPIServer(HTTPServer):
     def _health_ready(self, request: Request, route: Route) -> Response:
         if self.exiting:
             return Response.error(503, "Server exiting")
-        return _OK if self.manager.ready() else _NOT_OK
+        return _OK if self.manager.ready() and not self.draining else _NOT_OK
 
     def _server_metadata(self, request: Request, route: Route) -> Response:
         return self._metadata

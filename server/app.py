@@ -5,6 +5,8 @@ any model work), then the model manager loads in the background while health ans
 "not ready". Stop order
 is the reverse of what depends on what: the API server stops accepting and drains (requests
 in flight finish on the models), then the metrics server, then the models are finalized.
+Before the stop, the CLI may hold a drain grace (``begin_drain_grace``): health answers "not
+ready" so that load balancers take the replica out, while every request is still served.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class Server:
                      "core (--cap-threads-to-cores=false runs them all)", self.api.thread_count, self.config.threads)
         if self.metrics is not None:
             log.info("metrics on %s:%d/metrics", self.metrics.address, self.metrics.port)
+
+    def begin_drain_grace(self) -> None:
+        """Answer /v2/health/ready with 400 and close each connection after its reply; serve on."""
+        self.api.draining = True
 
     def stop(self) -> None:
         """Everything shares one deadline: the process is gone within --exit-timeout-secs."""

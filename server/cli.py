@@ -2,8 +2,11 @@
 
 Both ``--flag value`` and ``--flag=value`` work (argparse), and Triton's boolean options take
 an optional value (``--strict-readiness=false``, ``--reuse-http-port`` alone means true).
-SIGINT and SIGTERM stop the server gracefully; a port that is taken gives one clear line and
-exit status 1.
+SIGINT and SIGTERM stop the server gracefully: first a drain grace (``--drain-grace-secs``)
+in which readiness answers 400 while every request is still served, so that load balancers
+take the replica out; then the listener closes and requests in flight, streams included,
+finish within ``--exit-timeout-secs``. A second signal skips what is left of the grace. A port
+that is taken gives one clear line and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from evserve.gpu.options import ModelManagerOptions
@@ -76,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                "log-frequency=N (repeatable; change them live at /v2/trace/setting)")
     _flag(http, "--exit-timeout-secs", type=float, default=30.0,
           help="on SIGINT/SIGTERM, how long in-flight requests may drain (default 30)")
+    _flag(http, "--drain-grace-secs", type=float, default=5.0,
+          help="on SIGINT/SIGTERM, first answer /v2/health/ready with 400 and keep serving for this long "
+               "(each reply then closes its connection), so that load balancers move traffic away before "
+               "the listener closes; a second signal ends it early; 0 closes the listener at once (default 5)")
     _flag(http, "--server-name", "--id", dest="server_name", default="evserve",
           help="the name in server metadata (default evserve; 'triton' satisfies clients that check it)")
 
@@ -257,6 +265,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
         exit_timeout=args.exit_timeout_secs,
+        drain_grace=args.drain_grace_secs,
         log_verbose=args.log_verbose,
         server_name=args.server_name,
         limits=limits,
@@ -310,9 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from evserve.server.app import Server
 
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = threading.Event()  # the first SIGINT/SIGTERM
+    hurry = threading.Event()  # a second one: skip what is left of the drain grace
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     server = Server(config)
     try:
         server.start()
@@ -346,6 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f", metrics on {server.metrics.address}:{server.metrics.port}/metrics" if server.metrics else "")
     while not stop.wait(0.5):
         pass
+    # A server that is not ready (still starting, or a model failed) gets no traffic to hand over.
+    if status == 0 and config.drain_grace > 0 and not hurry.is_set() and server.manager.ready():
+        log.info("stopping: not ready from now on, still serving for %g s so that load balancers take this "
+                 "replica out (--drain-grace-secs; a second signal skips ahead)", config.drain_grace)
+        server.begin_drain_grace()
+        # In short waits: Python runs a handler on this thread only, and a signal the kernel gave
+        # to another thread does not wake a long wait (seen on the free-threaded build).
+        end = time.monotonic() + config.drain_grace
+        while (left := end - time.monotonic()) > 0 and not hurry.wait(min(left, 0.2)):
+            pass
     log.info("stopping: draining connections for up to %.0f s", config.exit_timeout)
     server.stop()
     log.info("stopped")

@@ -99,6 +99,10 @@ class Config:
     metrics_summary_quantiles: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
     # Triton's --exit-timeout-secs default.
     exit_timeout: float = 30.0
+    # --drain-grace-secs: on a stop signal, seconds of answering "not ready" while still serving,
+    # before the listener closes (Triton has none: it closes at once). 5 s covers a Kubernetes
+    # endpoint update and a load balancer that checks readiness every 2 s; 0 closes at once.
+    drain_grace: float = 5.0
     log_verbose: int = 0
     # Triton reports "triton" (its --id); clients that check the name need --server-name triton.
     server_name: str = "evserve"
@@ -125,6 +129,8 @@ class Config:
             raise ValueError("--http-thread-count must be at least 1")
         if self.exit_timeout < 0:
             raise ValueError("--exit-timeout-secs must not be negative")
+        if self.drain_grace < 0:
+            raise ValueError("--drain-grace-secs must not be negative")
         if self.client_shm_max_regions < 1 or self.client_shm_max_region_size < 1:
             raise ValueError("--client-shm-max-regions and --client-shm-max-region-size must be greater than 0")
         for port in (self.http_port, self.metrics_port):

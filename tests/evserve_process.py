@@ -64,6 +64,8 @@ class EvserveProcess:
             "--http-address", "127.0.0.1",
             "--http-port", str(self.port),
             "--metrics-port", str(self.metrics_port),
+            # No balancer sits in front of a test's server: stop at once (a test's own value wins).
+            "--drain-grace-secs", "0",
             *self.args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
