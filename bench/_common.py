@@ -155,8 +155,9 @@ def evserve_argv(port: int, threads: int, repository: Path | None = None, python
     """
     extra = ["--model-repository", str(repository)] if repository is not None else []
     command = [python, "-m", "evserve.server"] if python else evserve_command()
+    # No drain grace: a benchmark's server has no balancer to warn, and each stop would wait it out.
     return [*command, "--threads", str(threads), "--http-port", str(port),
-            "--metrics-port", str(free_port()), "--allow-metrics=false", *extra]
+            "--metrics-port", str(free_port()), "--allow-metrics=false", "--drain-grace-secs", "0", *extra]
 
 
 def _version(distribution: str) -> str:
