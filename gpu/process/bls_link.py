@@ -12,15 +12,19 @@ The frames:
   "call"}`` when the model stopped waiting (its timeout): the callee's job then sees itself cancelled.
 * server → child ``{"op": "bls_response", "call", "final", "result"}``.
 
-In the child, a reader thread takes every frame off the socket (:class:`evserve.gpu.process.child.Child`)
-and hands ``bls_response`` frames to :meth:`ChildLink.deliver`, so a model waiting on a BLS answer
-inside ``execute`` never has to read the socket itself.
+In the child the socket has no reader thread of its own (a hand-off per batch would cost every
+request): a caller waiting for its answer takes turns at reading the socket with the child's main
+loop (:meth:`evserve.gpu.process.child.Child._read_for_waiter`), and whoever reads a
+``bls_response`` hands it to its call (:meth:`ChildLink.deliver`).
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from evserve.gpu.process.arena import Arena
@@ -33,6 +37,10 @@ from evserve.protocol.types import InputTensor
 SERVER_GONE = "BLS request failed: the server closed this model instance's connection"
 
 
+# While another thread reads the socket, how long a caller waits on its queue before it looks again.
+_TURN = 0.05
+
+
 class _RemoteCall(bls.Call):
     """A call whose callee runs on the server; abandoning it tells the server."""
 
@@ -43,6 +51,26 @@ class _RemoteCall(bls.Call):
         self.link = link
         self.number = number
 
+    def next_answer(self, timeout: float) -> tuple[Any, bool]:
+        """The next answer. When no other thread is reading the socket, this one reads frames (for
+        at most a slice at a time); otherwise the reader hands the answer on, and the wait on the
+        queue ends as it arrives."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.answers.get_nowait()
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise queue.Empty
+            if self.link.read_turn(min(left, _TURN)):
+                continue
+            try:
+                return self.answers.get(timeout=min(left, _TURN))
+            except queue.Empty:
+                continue
+
     def abandon(self) -> None:
         super().abandon()
         self.link.cancel(self.number)
@@ -51,9 +79,12 @@ class _RemoteCall(bls.Call):
 class ChildLink:
     """The child's BLS gateway: sends requests to the server and routes its answers to the callers."""
 
-    def __init__(self, writer: FrameWriter, arena: Arena) -> None:
+    def __init__(self, writer: FrameWriter, arena: Arena, read_turn: Callable[[float], bool]) -> None:
         self._writer = writer
         self._arena = arena
+        # Read a frame off the socket, waiting at most the given seconds for one; False when
+        # another thread is reading (it hands our answers on).
+        self.read_turn = read_turn
         self._numbers = itertools.count(1)
         self._calls: dict[int, _RemoteCall] = {}
         self._lock = threading.Lock()

@@ -17,9 +17,10 @@ do: it fires when the *thread* that spawned the child exits, and load threads co
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import queue
+import select
 import socket
 import sys
 import threading
@@ -44,6 +45,7 @@ _log = logging.getLogger("evserve.child")
 
 class Child:
     def __init__(self, sock: socket.socket, arena: Arena) -> None:
+        self.sock = sock
         self.writer = FrameWriter(sock)
         self.reader = FrameReader(sock)
         self.arena = arena
@@ -53,31 +55,61 @@ class Child:
         self._arena_lock = threading.Lock()
         self._bump: Bump | None = None
         self._held: list[bytes] | None = None  # frames of a default-mode batch, sent with its "done"
-        # The model's BLS calls go to the server; their answers come in on the socket, which a
-        # reader thread drains, so a model waiting for one inside execute is answered.
-        self.bls = ChildLink(self.writer, arena)
+        # The model's BLS calls go to the server and their answers come back on the socket. Whoever
+        # holds the read token reads the next frame: this thread between batches, or a model thread
+        # waiting for a BLS answer (this one, inside execute). A BLS answer goes to its caller; any
+        # other frame a waiter reads is left in `_deferred` for serve(), in order.
+        self._read_token = threading.Lock()
+        self._deferred: collections.deque[dict[str, Any] | None] = collections.deque()
+        self.bls = ChildLink(self.writer, arena, self._read_for_waiter)
         bls.install_gateway(self.bls)
-        self._incoming: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._read_frames, name="evserve-child-reader", daemon=True).start()
 
-    def _read_frames(self) -> None:
-        """Every frame off the socket: BLS answers to their callers, the rest to :meth:`serve`, in order."""
+    def _read(self) -> dict[str, Any] | None:
+        """The next frame (the read token held); None at EOF or on a bad frame, which ends the child."""
         try:
-            while (message := self.reader.read()) is not None:
-                if message["op"] == "bls_response":
-                    self.bls.deliver(message)
-                else:
-                    self._incoming.put(message)
+            message = self.reader.read()
         except Exception:
             _log.exception("bad frame from the server")
-        finally:
+            message = None
+        if message is None:
             self.bls.close()
-            self._incoming.put(None)
+        return message
+
+    def _next_frame(self) -> dict[str, Any] | None:
+        """serve()'s next frame: one a BLS waiter set aside, else one read here (BLS answers handed on)."""
+        while True:
+            if self._deferred:
+                return self._deferred.popleft()
+            with self._read_token:
+                if self._deferred:
+                    continue  # a waiter read it while we waited for the token
+                message = self._read()
+            if message is None or message["op"] != "bls_response":
+                return message
+            self.bls.deliver(message)
+
+    def _read_for_waiter(self, wait: float) -> bool:
+        """A BLS caller's turn at the socket: read one frame if one comes within ``wait`` seconds.
+        False when another thread is reading (that thread hands our answer on)."""
+        if not self._read_token.acquire(blocking=False):
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], wait)
+            if not readable:
+                return True  # our turn, and nothing came: the caller looks at its deadline
+            message = self._read()
+        finally:
+            self._read_token.release()
+        if message is not None and message["op"] == "bls_response":
+            self.bls.deliver(message)
+            return True
+        self._deferred.append(message)  # for serve(); None too, which ends it
+        return message is not None
 
     def serve(self) -> int:
         """Take the server's frames in order until it closes the socket or asks to finalize."""
         while True:
-            message = self._incoming.get()
+            message = self._next_frame()
             if message is None:
                 return 0  # the server is gone or gave up on us: nothing is left to answer
             op = message["op"]

@@ -110,6 +110,10 @@ class Call:
     def cancelled(self) -> bool:
         return self.abandoned
 
+    def next_answer(self, timeout: float) -> tuple[InferResponse | ProtocolError | None, bool]:
+        """The next (result, final) pair; raises queue.Empty after ``timeout`` seconds."""
+        return self.answers.get(timeout=timeout)
+
     def abandon(self) -> None:
         """The caller stopped waiting: the callee's job sees itself cancelled."""
         self.abandoned = True
@@ -231,7 +235,7 @@ def exec_request(request: pb_utils.InferenceRequest, decoupled: bool) -> Any:
     if decoupled:
         return _iterate(request, call)
     try:
-        result, _ = call.answers.get(timeout=wait_seconds(request))
+        result, _ = call.next_answer(wait_seconds(request))
     except queue.Empty:
         return _timed_out(request, call)
     return _response(result)
@@ -241,7 +245,7 @@ def _iterate(request: pb_utils.InferenceRequest, call: Call) -> Iterator[pb_util
     """A decoupled model's responses as they come; the last carries the final flag (maybe empty)."""
     while True:
         try:
-            result, final = call.answers.get(timeout=wait_seconds(request))
+            result, final = call.next_answer(wait_seconds(request))
         except queue.Empty:
             yield _timed_out(request, call)
             return
