@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from evserve.gpu.execution import device
+from evserve.gpu.execution.queue_policy import QueueScheduling
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.execution.worker import InstanceWorker
@@ -28,7 +29,7 @@ from evserve.gpu.python_backend.model import PythonModel, PythonModelError
 from evserve.gpu.python_backend.pb_utils import TritonModelException
 from evserve.gpu.repository.config_complete import PYTHON_BACKEND, complete_config
 from evserve.gpu.repository.config_parse import ModelConfigError, read_config
-from evserve.gpu.repository.model_config import DynamicBatching, ModelConfig
+from evserve.gpu.repository.model_config import ModelConfig
 from evserve.gpu.repository.scan import available_versions, select_versions
 from evserve.protocol.errors import ProtocolError
 
@@ -114,10 +115,10 @@ class ModelLoader:
         """Initialise every instance of one version and start its workers."""
         stats = ModelStats(latency_summaries=self.latency_summaries)
         batching = config.dynamic_batching
-        if batching is not None:
-            _warn_unenforced(name, batching)
+        # Priority levels and queue timeouts, or None for a plain FIFO, whose bound is max_queue_size.
+        scheduling = QueueScheduling.from_settings(batching)
         capacity = self.queue_capacity
-        if batching is not None and batching.max_queue_size > 0:
+        if batching is not None and scheduling is None and batching.max_queue_size > 0:
             capacity = min(capacity, batching.max_queue_size)
         workers: list[InstanceWorker] = []
         built: list[ModelVersion] = []  # filled below; the hook needs the version it reports
@@ -138,7 +139,7 @@ class ModelLoader:
                 workers.append(InstanceWorker(
                     name, instance, capacity, batching, kind, device_id,
                     max_batch_size=config.max_batch_size, stats=stats,
-                    thread_name=f"evserve-{instance_name}-v{number}",
+                    thread_name=f"evserve-{instance_name}-v{number}", scheduling=scheduling,
                 ))
         except BaseException:
             for worker in workers:
@@ -193,18 +194,6 @@ def process_settings(config: ModelConfig, default: str) -> tuple[int, float | No
         raise ModelConfigError(f"model '{config.name}': {ARENA_PARAMETER} must be at least 4096 and "
                                f"{TIMEOUT_PARAMETER} positive")
     return arena, timeout
-
-
-def _warn_unenforced(name: str, batching: DynamicBatching) -> None:
-    """Say so when a config asks for dynamic-batching features this engine does not enforce yet."""
-    ignored = []
-    if batching.priority_levels:
-        ignored.append("priority_levels")
-    if batching.default_timeout_us or batching.priority_queue_policies:
-        ignored.append("queue-policy timeouts")
-    if ignored:
-        _log.warning("model '%s': dynamic_batching %s are not enforced; requests are served in arrival order",
-                     name, " and ".join(ignored))
 
 
 def retire(name: str, versions: list[ModelVersion], override_dir: str | None, timeout: float) -> list[str]:
