@@ -20,6 +20,7 @@ from typing import Any
 
 from evserve.gpu.execution import device
 from evserve.gpu.execution.queue_policy import QueueScheduling
+from evserve.gpu.execution.response_cache import ModelCache, ResponseCache
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.execution.worker import InstanceWorker
@@ -61,6 +62,8 @@ class ModelLoader:
         self.queue_capacity = options.queue_capacity
         self.isolation = options.isolation
         self.latency_summaries = options.latency_summaries
+        # One response cache for the server (Triton's --cache-config), shared by every model that enables it.
+        self.response_cache = ResponseCache(options.response_cache_bytes) if options.response_cache_bytes else None
         # Told when an instance of a served version gives up for good (the manager shows it).
         self.on_gave_up = on_gave_up
 
@@ -146,6 +149,12 @@ class ModelLoader:
                 _finalize_quietly(name, worker.instance)
             raise
         version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module)
+        if config.response_cache:
+            if self.response_cache is not None:
+                version.response_cache = ModelCache(self.response_cache, name, str(number), stats, version.submit)
+            else:
+                _log.warning("model '%s': response_cache is enabled but the server has no cache "
+                             "(--cache-config local,size=BYTES); requests run uncached", name)
         built.append(version)
         version.start()
         return version

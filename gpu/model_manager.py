@@ -98,6 +98,8 @@ class ModelManager:
         self.unload_timeout = options.unload_timeout
         self.load_thread_count = max(1, options.load_thread_count)
         self._loader = ModelLoader(options, self._instance_gave_up)
+        # The server's response cache (--cache-config), or None; /metrics reads its counters.
+        self.response_cache = self._loader.response_cache
         # Reader-visible state: replaced, never mutated (copy-on-write).
         self._records: dict[str, ModelRecord] = {}
         self._sources: dict[str, ModelSource] = {}

@@ -107,7 +107,18 @@ def test_unparsable_pbtxt_names_file_position_and_field(text: str, fragments: li
             "DELAY",
         ),
         ("sequence_batching { direct { minimum_slot_utilization: 1.5 } }", "minimum_slot_utilization", "1.0"),
-        ("model_transaction_policy { decoupled: true } response_cache { enable: true }", "response_cache", "decoupled"),
+        (
+            "model_transaction_policy { decoupled: true } response_cache { enable: true }",
+            "response_cache",
+            "Response Cache does not currently support model simple with 'decoupled' transaction policy. "
+            "Please disable the response cache.",
+        ),
+        (
+            "sequence_batching { } response_cache { enable: true }",
+            "response_cache",
+            "Response Cache does not currently support model simple with sequence batching scheduler. "
+            "Please disable the response cache.",
+        ),
         ("instance_group [ { kind: KIND_GPU } ]", "instance_group[0]", "no GPUs are available"),
         ("instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", "instance_group[0].gpus", "KIND_CPU"),
         ('instance_group [ { kind: KIND_CPU profile: [ "0" ] } ]', "instance_group[0].profile", "TensorRT"),
