@@ -133,32 +133,32 @@ def request_bytes(request: InferRequest) -> int:
     return total
 
 
-@dataclass(frozen=True, slots=True)
-class CachedResponse:
-    """A stored answer: read-only copies of its outputs, its parameters, and what it costs the cache."""
+# A stored answer: (outputs as (name, datatype, shape, read-only array), parameters as (key, value)
+# pairs, bytes charged). Only tuples, scalars and arrays: the garbage collector stops tracking such
+# tuples, so a cache of a hundred thousand entries adds nothing to its full passes (an instance of a
+# class, or a tuple holding a dict, stays tracked for good).
+Entry = tuple[tuple[tuple[str, str, tuple[int, ...], np.ndarray], ...], tuple[tuple[str, Any], ...], int]
 
-    outputs: tuple[tuple[str, str, tuple[int, ...], np.ndarray], ...]
-    parameters: dict[str, Any]
-    nbytes: int
 
-    @classmethod
-    def of(cls, response: InferResponse) -> CachedResponse:
-        outputs = []
-        nbytes = ENTRY_OVERHEAD
-        for output in response.outputs:
-            data = np.array(output.data, copy=True)
-            data.flags.writeable = False
-            outputs.append((output.name, output.datatype, tuple(output.shape), data))
-            nbytes += OUTPUT_OVERHEAD + len(output.name) + _bytes_of(data)
-        return cls(tuple(outputs), dict(response.parameters), nbytes)
+def entry_of(response: InferResponse) -> Entry:
+    """``response`` as a cache entry: its outputs copied and read-only, since every hit shares them."""
+    outputs = []
+    nbytes = ENTRY_OVERHEAD
+    for output in response.outputs:
+        data = np.array(output.data, copy=True)
+        data.flags.writeable = False
+        outputs.append((output.name, output.datatype, tuple(output.shape), data))
+        nbytes += OUTPUT_OVERHEAD + len(output.name) + _bytes_of(data)
+    return tuple(outputs), tuple(response.parameters.items()), nbytes
 
-    def response_for(self, request: InferRequest) -> InferResponse:
-        """This answer as the response to ``request`` (its id; fresh objects, shared read-only arrays)."""
-        return InferResponse(
-            request.model_name, request.model_version, request.id,
-            [OutputTensor(name, datatype, shape, data) for name, datatype, shape, data in self.outputs],
-            dict(self.parameters),
-        )
+
+def answer_from(entry: Entry, request: InferRequest) -> InferResponse:
+    """The entry as the response to ``request`` (its id; fresh objects around the shared arrays)."""
+    outputs, parameters, _ = entry
+    return InferResponse(
+        request.model_name, request.model_version, request.id,
+        [OutputTensor(name, datatype, shape, data) for name, datatype, shape, data in outputs], dict(parameters),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ class ResponseCache:
         if capacity <= 0:
             raise ValueError("the response cache needs a positive size in bytes")
         self.capacity = capacity
-        self._entries: OrderedDict[bytes, CachedResponse] = OrderedDict()
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._used = 0
         self._lookups = self._hits = self._evictions = 0
@@ -192,7 +192,7 @@ class ResponseCache:
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
 
-    def lookup(self, key: bytes, since: int) -> tuple[CachedResponse | None, int]:
+    def lookup(self, key: bytes, since: int) -> tuple[Entry | None, int]:
         """The entry under ``key`` (now the most recent), and the ns since ``since`` (the lookup's start)."""
         with self._lock:
             entry = self._entries.get(key)
@@ -204,21 +204,22 @@ class ResponseCache:
             self._lookup_ns += elapsed
         return entry, elapsed
 
-    def insert(self, key: bytes, entry: CachedResponse, since: int) -> tuple[bool, int]:
+    def insert(self, key: bytes, entry: Entry, since: int) -> tuple[bool, int]:
         """Store ``entry``, evicting the least recently used; False when it is larger than the cache."""
+        nbytes = entry[2]
         with self._lock:
-            stored = entry.nbytes <= self.capacity
+            stored = nbytes <= self.capacity
             if stored:
                 old = self._entries.pop(key, None)
                 if old is not None:
-                    self._used -= old.nbytes
+                    self._used -= old[2]
                 entries = self._entries
-                while entries and self._used + entry.nbytes > self.capacity:
+                while entries and self._used + nbytes > self.capacity:
                     _, evicted = entries.popitem(last=False)
-                    self._used -= evicted.nbytes
+                    self._used -= evicted[2]
                     self._evictions += 1
                 entries[key] = entry
-                self._used += entry.nbytes
+                self._used += nbytes
             elapsed = time.monotonic_ns() - since
             self._insert_ns += elapsed
         return stored, elapsed
@@ -299,21 +300,21 @@ class ModelCache:
             else:
                 job.complete = store
             return False
-        if inline and entry.nbytes > INLINE_BYTES:
+        if inline and entry[2] > INLINE_BYTES:
             self.cache.offload(self._answer, job, entry, started, since - started, lookup_ns)
         else:
             self._answer(job, entry, started, since - started, lookup_ns)
         return True
 
-    def _answer(self, job: ExecRequest, entry: CachedResponse, started: int, queue_ns: int, lookup_ns: int) -> None:
+    def _answer(self, job: ExecRequest, entry: Entry, started: int, queue_ns: int, lookup_ns: int) -> None:
         # Counted before the answer goes out, so statistics read after the reply include it.
         self.stats.record_cache_hit(time.monotonic_ns() - started, queue_ns, lookup_ns)
-        job.finish(entry.response_for(job.request))
+        job.finish(answer_from(entry, job.request))
 
     def store(self, key: bytes, response: InferResponse, lookup_ns: int) -> None:
         """A miss's successful answer: stored, and the miss counted with its lookup and insert time."""
         since = time.monotonic_ns()
-        stored, insert_ns = self.cache.insert(key, CachedResponse.of(response), since)
+        stored, insert_ns = self.cache.insert(key, entry_of(response), since)
         if not stored:
             _log.debug("response of model version %r not cached: larger than the cache (%d bytes)",
                        self.scope, self.cache.capacity)

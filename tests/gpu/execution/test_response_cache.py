@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -12,9 +13,10 @@ from evserve.gpu.execution import device
 from evserve.gpu.execution.contract import ExecRequest
 from evserve.gpu.execution.response_cache import (
     INLINE_BYTES,
-    CachedResponse,
     ModelCache,
     ResponseCache,
+    answer_from,
+    entry_of,
     parse_cache_config,
     request_key,
 )
@@ -90,8 +92,8 @@ def test_request_key_hashes_bytes_elements_with_their_lengths() -> None:
 
 
 def test_ResponseCache_evicts_least_recently_used_by_bytes() -> None:
-    one = CachedResponse.of(response(1000))
-    cache = ResponseCache(3 * one.nbytes)
+    one = entry_of(response(1000))
+    cache = ResponseCache(3 * one[2])
     for key in (b"a", b"b", b"c"):
         assert cache.insert(key, one, 0)[0]
     assert cache.lookup(b"a", 0)[0] is one  # a is now the most recent
@@ -99,32 +101,32 @@ def test_ResponseCache_evicts_least_recently_used_by_bytes() -> None:
     assert cache.lookup(b"b", 0)[0] is None
     assert all(cache.lookup(key, 0)[0] is one for key in (b"a", b"c", b"d"))
     counters = cache.counters()
-    assert (counters.entries, counters.used, counters.evictions) == (3, 3 * one.nbytes, 1)
+    assert (counters.entries, counters.used, counters.evictions) == (3, 3 * one[2], 1)
     assert (counters.lookups, counters.hits, counters.misses) == (5, 4, 1)
 
 
 def test_ResponseCache_refuses_an_entry_larger_than_itself_and_keeps_the_rest() -> None:
-    small = CachedResponse.of(response(100))
-    cache = ResponseCache(small.nbytes * 2)
+    small = entry_of(response(100))
+    cache = ResponseCache(small[2] * 2)
     cache.insert(b"small", small, 0)
-    stored, _ = cache.insert(b"big", CachedResponse.of(response(10_000)), 0)
+    stored, _ = cache.insert(b"big", entry_of(response(10_000)), 0)
     assert not stored
     assert cache.lookup(b"small", 0)[0] is small and cache.counters().evictions == 0
 
 
 def test_ResponseCache_replacing_a_key_does_not_leak_its_bytes() -> None:
-    entry = CachedResponse.of(response(100))
-    cache = ResponseCache(10 * entry.nbytes)
+    entry = entry_of(response(100))
+    cache = ResponseCache(10 * entry[2])
     for _ in range(5):
         cache.insert(b"k", entry, 0)
-    assert cache.counters().used == entry.nbytes and cache.counters().entries == 1
+    assert cache.counters().used == entry[2] and cache.counters().entries == 1
 
 
-def test_CachedResponse_copies_outputs_read_only_and_answers_with_the_new_request_id() -> None:
+def test_cache_entry_copies_outputs_read_only_and_answers_with_the_new_request_id() -> None:
     original = response(16, tag="first")
-    entry = CachedResponse.of(original)
+    entry = entry_of(original)
     original.outputs[0].data[:] = 7  # the model reusing its buffer must not change the cache
-    answer = entry.response_for(request([1], rid="second"))
+    answer = answer_from(entry, request([1], rid="second"))
     assert answer.id == "second" and answer.outputs[0].name == "OUT"
     assert not answer.outputs[0].data.any()
     with pytest.raises(ValueError):
@@ -264,3 +266,36 @@ def test_reloaded_version_does_not_answer_from_its_predecessor() -> None:
     assert old_instance.ran == 1 and new_instance.ran == 1
     for version in (old, new):
         assert version.drain(2.0)
+
+
+def test_ResponseCache_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    cache = ResponseCache(1 << 20)
+    cache.insert(b"k", entry_of(response(64)), 0)
+    for _ in range(5):  # a pass untracks a tuple whose items it has seen untracked: one level per pass
+        gc.collect()
+    assert not gc.is_tracked(cache.lookup(b"k", 0)[0])
+
+
+def test_ResponseCache_threaded_stress_keeps_its_byte_count_and_bound() -> None:
+    sizes = [entry_of(response(n)) for n in (64, 400, 1600, 4000)]
+    cache = ResponseCache(20_000)
+
+    def hammer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(3000):
+            key = bytes([int(rng.integers(0, 64))])
+            if rng.random() < 0.5:
+                cache.lookup(key, 0)
+            else:
+                cache.insert(key, sizes[int(rng.integers(0, len(sizes)))], 0)
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counters = cache.counters()
+    assert counters.used <= counters.capacity
+    assert counters.used == sum(entry[2] for entry in cache._entries.values())
+    assert counters.entries == len(cache._entries) and counters.evictions > 0
+    assert counters.lookups == counters.hits + counters.misses and counters.lookups > 0
