@@ -11,6 +11,7 @@ counted), so it measures Python and C work, not waiting.
     python bench/instructions.py                      # evserve --threads 1, health and simple JSON
     python bench/instructions.py --server work-floor  # the work floor, for the ratio
     python bench/instructions.py --workload simple-json --requests 5000
+    python bench/instructions.py --server evserve --workload simple-json-cache-hit   # answered by the response cache
 
 Needs valgrind (Debian: valgrind; callgrind_control comes with it).
 """
@@ -32,7 +33,9 @@ from pathlib import Path
 
 from _common import BENCH_DIR, HOST, free_port, simple_json_body
 
-WORKLOADS = ("ready", "simple-json")
+WORKLOADS = ("ready", "simple-json", "simple-json-cache-hit")
+# The work floor has no response cache: the cache-hit workload is evserve's alone.
+CACHED_MODEL = "simple_cached"
 SERVERS = ("evserve", "work-floor")
 
 
@@ -40,11 +43,24 @@ def request_bytes(workload: str) -> bytes:
     if workload == "ready":
         return b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     body = simple_json_body()
+    model = CACHED_MODEL if workload == "simple-json-cache-hit" else "simple"
     head = (
-        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
+        b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (model.encode(), len(body))
     )
     return head + body
+
+
+def cached_repository(root: str) -> list[str]:
+    """evserve flags serving the bundled models plus ``simple`` again with response_cache, and a cache."""
+    from evserve.gpu import EXAMPLE_REPOSITORY
+
+    target = Path(root) / "cached" / CACHED_MODEL
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "simple", target)
+    config = (target / "config.pbtxt").read_text().replace('name: "simple"', f'name: "{CACHED_MODEL}"')
+    (target / "config.pbtxt").write_text(config + "\nresponse_cache { enable: true }\n")
+    return ["--model-repository", str(EXAMPLE_REPOSITORY), "--model-repository", str(target.parent),
+            "--cache-config", "local,size=1048576"]
 
 
 def _reply_end(buf: bytes) -> int | None:
@@ -86,13 +102,13 @@ def send_requests(port: int, request: bytes, count: int, connections: int) -> No
         sock.close()
 
 
-def server_command(server: str, port: int, threads: int) -> list[str]:
+def server_command(server: str, port: int, threads: int, extra: list[str] | None = None) -> list[str]:
     if server == "work-floor":
         return [sys.executable, str(BENCH_DIR / "work_floor.py"), "--port", str(port)]
     code = (
         "import sys; from evserve.server.cli import main; "
         f"sys.exit(main(['--threads', '{threads}', '--http-address', '{HOST}', '--http-port', '{port}', "
-        "'--allow-metrics', 'false']))"
+        f"'--allow-metrics', 'false', *{extra or []!r}]))"
     )
     return [sys.executable, "-c", code]
 
@@ -126,8 +142,10 @@ def measure(server: str, workload: str, requests: int, connections: int, threads
     with tempfile.TemporaryDirectory(prefix="evserve-callgrind-") as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # idle BLAS threads spin and would be counted
+        extra = cached_repository(tmp) if workload == "simple-json-cache-hit" else None
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *server_command(server, port, threads)],
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             *server_command(server, port, threads, extra)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
         try:
@@ -163,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| workload | server | instructions per request |\n|---|---|---:|")
     for workload in args.workload or list(WORKLOADS):
         for server in servers:
+            if workload == "simple-json-cache-hit" and server == "work-floor":
+                continue
             figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads)
             print(f"| {workload} | {server} | {figures[workload, server]:,.0f} |", flush=True)
     if set(servers) == set(SERVERS):
-        for workload in args.workload or list(WORKLOADS):
+        for workload in [w for w in args.workload or WORKLOADS if (w, "work-floor") in figures]:
             ratio = figures[workload, "evserve"] / figures[workload, "work-floor"]
             print(f"\n{workload}: evserve executes {ratio:.2f}x the work floor's instructions per request")
     return 0
