@@ -90,32 +90,42 @@ def parse_cache_config(specs: list[str]) -> int:
 
 
 def _bytes_of(data: np.ndarray) -> int:
-    if data.dtype == object:
+    if data.dtype.kind == "O":
         return sum(len(item) for item in data.flat) + 8 * data.size
     return int(data.nbytes)
 
 
 def _update_with(digest: Any, data: np.ndarray) -> None:
     """Feed a tensor's bytes to the digest: raw for numbers, length-prefixed elements for BYTES."""
-    if data.dtype == object:
+    if data.dtype.kind == "O":
         for item in data.flat:
             value = item if isinstance(item, bytes) else str(item).encode()
             digest.update(len(value).to_bytes(8, "little"))
             digest.update(value)
-    else:
-        digest.update(np.ascontiguousarray(data))  # hashlib releases the GIL on large buffers
+        return
+    try:
+        digest.update(data)  # hashlib reads the array's buffer, and releases the GIL on large ones
+    except (BufferError, TypeError, ValueError):
+        digest.update(np.ascontiguousarray(data))  # not contiguous: one copy
+
+
+def _by_name(tensor: Any) -> str:
+    return tensor.name
 
 
 def request_key(scope: bytes, request: InferRequest) -> bytes:
     """The 16-byte key of ``request`` for the version ``scope`` names (see the module docstring)."""
     digest = hashlib.blake2b(scope, digest_size=16)
-    for tensor in sorted(request.inputs, key=lambda t: t.name):
+    inputs = request.inputs
+    for tensor in sorted(inputs, key=_by_name) if len(inputs) > 1 else inputs:
         digest.update(f"\0i{tensor.name}\0{tensor.datatype}\0{tensor.shape}\0".encode())
         _update_with(digest, tensor.data)
     outputs = request.outputs
     names = sorted(output.name for output in outputs) if outputs else None
-    parameters = sorted((k, type(v).__name__, v) for k, v in request.parameters.items() if k not in _NOT_FOR_THE_MODEL)
-    digest.update(f"\0o{names!r}\0p{parameters!r}".encode())
+    parameters = request.parameters
+    if parameters:
+        parameters = sorted((k, type(v).__name__, v) for k, v in parameters.items() if k not in _NOT_FOR_THE_MODEL)
+    digest.update(f"\0o{names!r}\0p{parameters or None!r}".encode())
     return digest.digest()
 
 
@@ -124,7 +134,7 @@ def request_bytes(request: InferRequest) -> int:
     total = 0
     for tensor in request.inputs:
         data = tensor.data
-        if data.dtype != object:
+        if data.dtype.kind != "O":
             total += data.nbytes
         elif data.size > 1024:
             return INLINE_BYTES + 1
@@ -145,8 +155,8 @@ def entry_of(response: InferResponse) -> Entry:
     outputs = []
     nbytes = ENTRY_OVERHEAD
     for output in response.outputs:
-        data = np.array(output.data, copy=True)
-        data.flags.writeable = False
+        data = output.data.copy()
+        data.setflags(write=False)
         outputs.append((output.name, output.datatype, tuple(output.shape), data))
         nbytes += OUTPUT_OVERHEAD + len(output.name) + _bytes_of(data)
     return tuple(outputs), tuple(response.parameters.items()), nbytes

@@ -79,6 +79,16 @@ def test_request_key_differs_per_version_scope_and_datatype() -> None:
     assert request_key(b"a", request([1, 2])) != request_key(b"b", request([1, 2]))
 
 
+def test_request_key_reads_non_contiguous_inputs_in_row_major_order() -> None:
+    values = np.arange(12, dtype=np.float32).reshape(2, 6)
+    strided, fortran = values[:, ::2], np.asfortranarray(values)
+    for view in (strided, fortran):
+        copy = np.ascontiguousarray(view)
+        as_view = InferRequest("m", "1", inputs=[InputTensor("IN", "FP32", view.shape, view)])
+        as_copy = InferRequest("m", "1", inputs=[InputTensor("IN", "FP32", copy.shape, copy)])
+        assert request_key(b"s", as_view) == request_key(b"s", as_copy)
+
+
 def test_request_key_hashes_bytes_elements_with_their_lengths() -> None:
     def strings(*items: bytes) -> InferRequest:
         data = np.array(items, dtype=np.object_)
