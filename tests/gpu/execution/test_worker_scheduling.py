@@ -204,3 +204,60 @@ def test_a_started_request_is_not_rejected_by_its_late_deadline() -> None:
     assert isinstance(running.wait(), InferResponse)
     assert len(running.results) == 1
     assert w.stop(2.0)
+
+
+class TimedInstance:
+    """Runs each batch for a moment and records which jobs it ran."""
+
+    def __init__(self) -> None:
+        self.ran: set[int] = set()
+
+    def execute(self, batch: list[Any]) -> None:
+        time.sleep(0.0002)
+        for each in batch:
+            self.ran.add(id(each))
+            each.finish(InferResponse("m", "1", each.request.id))
+
+    def finalize(self) -> None:
+        pass
+
+
+def test_threaded_stress_every_job_answered_once_and_timed_out_ones_never_run() -> None:
+    # Timeouts about as long as the queue wait, so the reaper and the worker race for the same jobs.
+    scheduling = QueueScheduling((level(timeout_ms=2, override=True), level(max_size=8)), 1)
+    instance = TimedInstance()
+    w = InstanceWorker("m", instance, 10_000, Batching(), device.KIND_CPU, 0, max_batch_size=4,
+                       scheduling=scheduling)
+    w.start()
+    jobs: list[Job] = []
+    lock = threading.Lock()
+
+    def submit_many(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(300):
+            each = job(f"{seed}-{i}", priority=int(rng.integers(0, 3)), timeout=int(rng.integers(1, 3000)))
+            try:
+                w.submit(each)
+            except Unavailable:
+                continue
+            with lock:
+                jobs.append(each)
+
+    threads = [threading.Thread(target=submit_many, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    outcomes = {"ran": 0, "timed out": 0}
+    for each in jobs:
+        result = each.wait(10)
+        assert len(each.results) == 1
+        if isinstance(result, Unavailable):
+            assert result.message == TIMEOUT_EXPIRED and id(each) not in instance.ran
+            outcomes["timed out"] += 1
+        else:
+            assert id(each) in instance.ran
+            outcomes["ran"] += 1
+    assert all(outcomes.values()), outcomes  # both sides of the race were exercised
+    assert w.stop(5.0)
+    assert w.queued == 0 and w.in_flight == 0
