@@ -8,8 +8,10 @@ interleaved, each in a fresh server pinned with taskset:
 
 - ``no cache``: simple-json's request to ``simple`` (the model runs every time);
 - ``hit``: the same request to ``simple_cached`` (after the first, every request is a hit);
-- ``miss``: to ``simple_cached`` with INPUT0's first element counting up, so no request repeats
-  (``bench/lua/post_json_vary.lua``; its Lua runs on wrk's core).
+- ``no cache, varying``: to ``simple`` with INPUT0's first element counting up, so no request
+  repeats (``bench/lua/post_json_vary.lua``; its Lua runs on wrk's core, but a request built
+  per call also reaches the server differently, so this, not ``no cache``, is the miss's baseline);
+- ``miss``: the varying requests to ``simple_cached``.
 
     python bench/cache_bench.py                       # 3 rounds x 5 s, c=16
     python bench/cache_bench.py --rounds 5 --connections 4
@@ -59,6 +61,7 @@ from evserve.gpu import EXAMPLE_REPOSITORY
 CONFIGS = {
     "no cache": ("simple", "post_json.lua"),
     "hit": ("simple_cached", "post_json.lua"),
+    "no cache, varying": ("simple", "post_json_vary.lua"),
     "miss": ("simple_cached", "post_json_vary.lua"),
 }
 CACHE_BYTES = 1 << 20  # small enough that the miss run evicts from its first second on (steady state)
