@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.e2e.conftest import call, index, post_json
-from tests.e2e.test_scheduling import metric
+from tests.e2e.conftest import call, index, metric, post_json
 from tests.evserve_process import SERVER_COMMAND, EvserveProcess
 
 MODEL = """
@@ -149,10 +148,11 @@ def test_metrics_carry_Triton_cache_families(server: EvserveProcess) -> None:
     infer(server, "cached", [42.0])
     infer(server, "cached", [42.0])
     snapshot = stats(server, "cached")["inference_stats"]
-    assert metric(server, "nv_cache_num_hits_per_model", "cached") == snapshot["cache_hit"]["count"]
-    assert metric(server, "nv_cache_num_misses_per_model", "cached") == snapshot["cache_miss"]["count"]
-    assert metric(server, "nv_cache_hit_duration_per_model", "cached") == snapshot["cache_hit"]["ns"] // 1000
-    assert metric(server, "nv_cache_miss_duration_per_model", "cached") == snapshot["cache_miss"]["ns"] // 1000
+    port = server.metrics_port
+    assert metric(port, "nv_cache_num_hits_per_model", "cached") == snapshot["cache_hit"]["count"]
+    assert metric(port, "nv_cache_num_misses_per_model", "cached") == snapshot["cache_miss"]["count"]
+    assert metric(port, "nv_cache_hit_duration_per_model", "cached") == snapshot["cache_hit"]["ns"] // 1000
+    assert metric(port, "nv_cache_miss_duration_per_model", "cached") == snapshot["cache_miss"]["ns"] // 1000
     text = call(server.metrics_port, "GET", "/metrics").body.decode()
     assert 'nv_cache_num_hits_per_model{model="plain"' not in text  # only models that enable the cache
     gauges = dict(line.split(" ") for line in text.splitlines() if line.startswith("nv_cache_num_"))
@@ -183,7 +183,7 @@ def test_without_a_server_cache_the_model_runs_uncached(repository: Path) -> Non
     with EvserveProcess("--model-repository", str(repository)) as proc:
         first = outputs(infer(proc, "cached", [1.0]))["RUNS"][0]
         assert outputs(infer(proc, "cached", [1.0]))["RUNS"][0] == first + 1
-        assert metric(proc, "nv_cache_num_hits_per_model", "cached") == 0  # Triton lists it, at zero
+        assert metric(proc.metrics_port, "nv_cache_num_hits_per_model", "cached") == 0  # Triton lists it, at zero
         assert "nv_cache_num_entries" not in call(proc.metrics_port, "GET", "/metrics").body.decode()
         assert "response_cache is enabled but the server has no cache" in proc.output()
 

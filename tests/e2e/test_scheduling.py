@@ -8,7 +8,6 @@ tritonserver 2.51 answers for the same models and requests.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import call, post_json, wait_for
+from tests.e2e.conftest import call, metric, post_json, wait_for
 from tests.evserve_process import EvserveProcess
 
 MODEL = """
@@ -88,14 +87,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]
         yield proc
 
 
-def metric(server: EvserveProcess, family: str, model: str, **labels: str) -> float:
-    """One sample of /metrics: ``family`` for version 1 of ``model`` with ``labels`` (in any order)."""
-    wanted = {"model": model, "version": "1", **labels}
-    for line in call(server.metrics_port, "GET", "/metrics").body.decode().splitlines():
-        found = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
-        if found and found.group(1) == family and dict(re.findall(r'(\w+)="([^"]*)"', found.group(2))) == wanted:
-            return float(found.group(3))
-    raise AssertionError(f"{family} {wanted} not in /metrics")
+def pending(server: EvserveProcess, model: str) -> float:
+    """The model's queued requests, as /metrics reports them."""
+    return metric(server.metrics_port, "nv_inference_pending_request_count", model)
+
+
+def rejected(server: EvserveProcess, model: str) -> float:
+    return metric(server.metrics_port, "nv_inference_request_failure", model, reason="REJECTED")
 
 
 class Held:
@@ -132,7 +130,7 @@ def queue_in_order(server: EvserveProcess, model: str, requests: list[tuple[str,
         thread = threading.Thread(target=run)
         thread.start()
         threads.append(thread)
-        wait_for(lambda count=count: metric(server, "nv_inference_pending_request_count", model) == count
+        wait_for(lambda count=count: pending(server, model) == count
                  or len(replies) >= count, 10, f"request {name} to queue")
     replies["_threads"] = threads
     return replies
@@ -168,9 +166,9 @@ def test_tritonclient_priority_argument(server: EvserveProcess, tmp_path: Path) 
     data.set_data_from_numpy(np.array([2.0], dtype=np.float32))
     held = Held(server, "levels", tmp_path)
     low = client.async_infer("levels", [data], priority=3)
-    wait_for(lambda: metric(server, "nv_inference_pending_request_count", "levels") == 1, 10, "low to queue")
+    wait_for(lambda: pending(server, "levels") == 1, 10, "low to queue")
     high = client.async_infer("levels", [data], priority=1)
-    wait_for(lambda: metric(server, "nv_inference_pending_request_count", "levels") == 2, 10, "high to queue")
+    wait_for(lambda: pending(server, "levels") == 2, 10, "high to queue")
     held.release()
     low_order = int(low.get_result().as_numpy("ORDER")[0])
     high_order = int(high.get_result().as_numpy("ORDER")[0])
@@ -182,7 +180,7 @@ def test_queue_timeout_REJECT_answers_503_while_the_instance_is_busy(server: Evs
     client = httpclient.InferenceServerClient(server.url)
     data = httpclient.InferInput("IN", [1], "FP32")
     data.set_data_from_numpy(np.array([2.0], dtype=np.float32))
-    rejected_before = metric(server, "nv_inference_request_failure", "reject", reason="REJECTED")
+    rejected_before = rejected(server, "reject")
     fails_before = call(server.port, "GET", "/v2/models/reject/stats").json()["model_stats"][0]
     held = Held(server, "reject", tmp_path)
     with pytest.raises(InferenceServerException) as info:
@@ -193,7 +191,7 @@ def test_queue_timeout_REJECT_answers_503_while_the_instance_is_busy(server: Evs
     assert held.thread.is_alive()  # answered while the instance was still busy
     held.release()
     assert held.reply.status == 200
-    assert metric(server, "nv_inference_request_failure", "reject", reason="REJECTED") == rejected_before + 2
+    assert rejected(server, "reject") == rejected_before + 2
     stats = call(server.port, "GET", "/v2/models/reject/stats").json()["model_stats"][0]
     assert stats["inference_stats"]["fail"]["count"] == fails_before["inference_stats"]["fail"]["count"] + 2
     client.close()
