@@ -11,6 +11,8 @@ counted), so it measures Python and C work, not waiting.
     python bench/instructions.py                      # evserve --threads 1, health and simple JSON
     python bench/instructions.py --server work-floor  # the work floor, for the ratio
     python bench/instructions.py --workload simple-json --requests 5000
+    python bench/instructions.py --server evserve --workload simple-json-cache-hit   # answered by the response cache
+    python bench/instructions.py --server evserve --workload simple-json-cache-miss  # every request new to it
 
 Needs valgrind (Debian: valgrind; callgrind_control comes with it).
 """
@@ -28,25 +30,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _common import BENCH_DIR, HOST, free_port, simple_json_body
 
-WORKLOADS = ("ready", "simple-json", "bls-json", "ensemble-json")
+WORKLOADS = ("ready", "simple-json", "simple-json-cache-hit", "simple-json-cache-miss", "bls-json", "ensemble-json")
+# The work floor has no response cache: the cache workloads are evserve's alone. A miss workload
+# sends INPUT0[0] = the request's number, so no request repeats an earlier one.
+CACHED_MODEL = "simple_cached"
+CACHE_WORKLOADS = ("simple-json-cache-hit", "simple-json-cache-miss")
 # simple's request to the model each JSON workload names (bls_simple and simple_ensemble call simple).
-MODELS = {"simple-json": "simple", "bls-json": "bls_simple", "ensemble-json": "simple_ensemble"}
+MODELS = {"simple-json": "simple", "bls-json": "bls_simple", "ensemble-json": "simple_ensemble",
+          **dict.fromkeys(CACHE_WORKLOADS, CACHED_MODEL)}
 SERVERS = ("evserve", "work-floor")
 
 
-def request_bytes(workload: str) -> bytes:
+def request_bytes(workload: str, number: int = 0) -> bytes:
+    """The workload's request; ``number`` (the request's index) matters only to a miss workload."""
     if workload == "ready":
         return b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     body = simple_json_body(("TWICE0", "TWICE1") if workload == "ensemble-json" else ("OUTPUT0", "OUTPUT1"))
+    if workload == "simple-json-cache-miss":
+        body = body.replace(b'"data":[0,', b'"data":[%d,' % (number + 1000), 1)
     head = (
         b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % (MODELS[workload].encode(), len(body))
     )
     return head + body
+
+
+def cached_repository(root: str) -> list[str]:
+    """evserve flags serving the bundled models plus ``simple`` again with response_cache, and a cache."""
+    from evserve.gpu import EXAMPLE_REPOSITORY
+
+    target = Path(root) / "cached" / CACHED_MODEL
+    shutil.copytree(Path(EXAMPLE_REPOSITORY) / "simple", target)
+    config = (target / "config.pbtxt").read_text().replace('name: "simple"', f'name: "{CACHED_MODEL}"')
+    (target / "config.pbtxt").write_text(config + "\nresponse_cache { enable: true }\n")
+    return ["--model-repository", str(EXAMPLE_REPOSITORY), "--model-repository", str(target.parent),
+            "--cache-config", "local,size=1048576"]
 
 
 def _reply_end(buf: bytes) -> int | None:
@@ -59,8 +82,9 @@ def _reply_end(buf: bytes) -> int | None:
     return end if len(buf) >= end else None
 
 
-def send_requests(port: int, request: bytes, count: int, connections: int) -> None:
-    """``count`` requests over ``connections`` keep-alive connections, one in flight on each."""
+def send_requests(port: int, make: Callable[[int], bytes], count: int, connections: int, first: int = 0) -> None:
+    """``count`` requests (``make(first)``, ``make(first + 1)``...) over ``connections`` keep-alive
+    connections, one in flight on each."""
     selector = selectors.DefaultSelector()
     buffers: dict[socket.socket, bytes] = {}
     sent = done = 0
@@ -69,7 +93,7 @@ def send_requests(port: int, request: bytes, count: int, connections: int) -> No
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         selector.register(sock, selectors.EVENT_READ)
         buffers[sock] = b""
-        sock.sendall(request)
+        sock.sendall(make(first + sent))
         sent += 1
     while done < count:
         for key, _ in selector.select(timeout=120):
@@ -82,19 +106,19 @@ def send_requests(port: int, request: bytes, count: int, connections: int) -> No
                 buffers[sock] = buffers[sock][end:]
                 done += 1
                 if sent < count:
-                    sock.sendall(request)
+                    sock.sendall(make(first + sent))
                     sent += 1
     for sock in buffers:
         sock.close()
 
 
-def server_command(server: str, port: int, threads: int) -> list[str]:
+def server_command(server: str, port: int, threads: int, extra: list[str] | None = None) -> list[str]:
     if server == "work-floor":
         return [sys.executable, str(BENCH_DIR / "work_floor.py"), "--port", str(port)]
     code = (
         "import sys; from evserve.server.cli import main; "
         f"sys.exit(main(['--threads', '{threads}', '--http-address', '{HOST}', '--http-port', '{port}', "
-        "'--allow-metrics', 'false']))"
+        f"'--allow-metrics', 'false', *{extra or []!r}]))"
     )
     return [sys.executable, "-c", code]
 
@@ -128,16 +152,19 @@ def measure(server: str, workload: str, requests: int, connections: int, threads
     with tempfile.TemporaryDirectory(prefix="evserve-callgrind-") as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # idle BLAS threads spin and would be counted
+        extra = cached_repository(tmp) if workload in CACHE_WORKLOADS else None
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *server_command(server, port, threads)],
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             *server_command(server, port, threads, extra)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
         try:
             wait_ready(port, 300)
-            request = request_bytes(workload)
-            send_requests(port, request, 300, connections)  # warm-up: imports, caches, allocator
+            fixed = request_bytes(workload)
+            make = (lambda n: request_bytes(workload, n)) if workload == "simple-json-cache-miss" else (lambda n: fixed)
+            send_requests(port, make, 300, connections)  # warm-up: imports, caches, allocator
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-            send_requests(port, request, requests, connections)
+            send_requests(port, make, requests, connections, first=300)
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
             time.sleep(1)
             dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
@@ -168,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for workload in workloads:
         for server in servers:
             if server == "work-floor" and workload not in ("ready", "simple-json"):
-                continue  # it serves one model inline: no BLS, no ensembles
+                continue  # it serves one model inline: no cache, no BLS, no ensembles
             figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads)
             print(f"| {workload} | {server} | {figures[workload, server]:,.0f} |", flush=True)
     if set(servers) == set(SERVERS):

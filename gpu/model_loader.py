@@ -21,6 +21,8 @@ from typing import Any
 
 from evserve.gpu.execution import device
 from evserve.gpu.execution.ensemble import ENSEMBLE_PLATFORM, EnsembleVersion, check_graph, ensemble_steps
+from evserve.gpu.execution.queue_policy import QueueScheduling
+from evserve.gpu.execution.response_cache import ModelCache, ResponseCache
 from evserve.gpu.execution.sequence import SequenceBatcher, SequencePolicy
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
@@ -64,6 +66,8 @@ class ModelLoader:
         self.queue_capacity = options.queue_capacity
         self.isolation = options.isolation
         self.latency_summaries = options.latency_summaries
+        # One response cache for the server (Triton's --cache-config), shared by every model that enables it.
+        self.response_cache = ResponseCache(options.response_cache_bytes) if options.response_cache_bytes else None
         # Told when an instance of a served version gives up for good (the manager shows it).
         self.on_gave_up = on_gave_up
         # Set by the manager: how ensembles find their step models at request time, and how a load
@@ -149,8 +153,6 @@ class ModelLoader:
         """Initialise every instance of one version and start its workers."""
         stats = ModelStats(latency_summaries=self.latency_summaries)
         batching = config.dynamic_batching
-        if batching is not None:
-            _warn_unenforced(name, batching)
         sequencing = None
         if "sequence_batching" in config.raw:
             sequencing = SequencePolicy.from_config(config.raw, config.max_batch_size, model_dir)
@@ -159,8 +161,10 @@ class ModelLoader:
                 "max_queue_delay_microseconds": sequencing.max_queue_delay_us,
                 "preferred_batch_size": list(sequencing.preferred_batch_sizes),
             })
+        # Priority levels and queue timeouts, or None for a plain FIFO, whose bound is max_queue_size.
+        scheduling = QueueScheduling.from_settings(batching)
         capacity = self.queue_capacity
-        if batching is not None and batching.max_queue_size > 0:
+        if batching is not None and scheduling is None and batching.max_queue_size > 0:
             capacity = min(capacity, batching.max_queue_size)
         workers: list[InstanceWorker] = []
         built: list[ModelVersion] = []  # filled below; the hook needs the version it reports
@@ -182,7 +186,7 @@ class ModelLoader:
                 workers.append(InstanceWorker(
                     name, instance, capacity, batching, kind, device_id,
                     max_batch_size=config.max_batch_size, stats=stats,
-                    thread_name=f"evserve-{instance_name}-v{number}",
+                    thread_name=f"evserve-{instance_name}-v{number}", scheduling=scheduling,
                 ))
         except BaseException:
             for worker in workers:
@@ -191,6 +195,12 @@ class ModelLoader:
         sequencer = SequenceBatcher(name, sequencing, workers, config.max_batch_size) if sequencing else None
         version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module,
                                sequencer)
+        if config.response_cache:
+            if self.response_cache is not None:
+                version.response_cache = ModelCache(self.response_cache, name, str(number), stats, version.submit)
+            else:
+                _log.warning("model '%s': response_cache is enabled but the server has no cache "
+                             "(--cache-config local,size=BYTES); requests run uncached", name)
         built.append(version)
         version.start()
         return version
@@ -243,18 +253,6 @@ def process_settings(config: ModelConfig, default: str) -> tuple[int, float | No
         raise ModelConfigError(f"model '{config.name}': {ARENA_PARAMETER} must be at least 4096 and "
                                f"{TIMEOUT_PARAMETER} positive")
     return arena, timeout, python
-
-
-def _warn_unenforced(name: str, batching: DynamicBatching) -> None:
-    """Say so when a config asks for dynamic-batching features this engine does not enforce yet."""
-    ignored = []
-    if batching.priority_levels:
-        ignored.append("priority_levels")
-    if batching.default_timeout_us or batching.priority_queue_policies:
-        ignored.append("queue-policy timeouts")
-    if ignored:
-        _log.warning("model '%s': dynamic_batching %s are not enforced; requests are served in arrival order",
-                     name, " and ".join(ignored))
 
 
 def retire(name: str, versions: list[ModelVersion], override_dir: str | None, timeout: float) -> list[str]:

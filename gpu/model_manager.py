@@ -108,6 +108,8 @@ class ModelManager:
         self._loader.load_dependencies = self._load_dependencies
         # The ensembles each thread is loading right now: a cycle of ensembles fails instead of recursing.
         self._loading_chain = threading.local()
+        # The server's response cache (--cache-config), or None; /metrics reads its counters.
+        self.response_cache = self._loader.response_cache
         # Reader-visible state: replaced, never mutated (copy-on-write).
         self._records: dict[str, ModelRecord] = {}
         self._sources: dict[str, ModelSource] = {}

@@ -39,6 +39,8 @@ class ModelManagerOptions:
     isolation: str = "thread"
     # --metrics-config summary_latencies=true: keep recent latencies for Triton's *_summary_us families.
     latency_summaries: bool = False
+    # --cache-config local,size=N: the response cache's bytes (0: no cache; response_cache models run uncached).
+    response_cache_bytes: int = 0
 
     def __post_init__(self) -> None:
         # A list given for the model names is kept as a tuple, so the options stay immutable.
@@ -56,5 +58,7 @@ class ModelManagerOptions:
             raise ValueError(f"invalid --model-isolation '{self.isolation}': expected thread or process")
         if self.queue_capacity < 1:
             raise ValueError("--max-queue-size must be at least 1")
+        if self.response_cache_bytes < 0:
+            raise ValueError("--cache-config local,size must not be negative")
         if self.control_mode == "poll" and self.poll_secs <= 0:
             raise ValueError("--repository-poll-secs must be greater than 0 in poll mode")

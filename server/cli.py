@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from evserve.gpu.execution.response_cache import parse_cache_config
 from evserve.gpu.options import ModelManagerOptions
 from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                f"waits (default {defaults.stream_buffer_size // MIB} MiB)")
     _flag(limits, "--max-queue-size", type=int, default=1024,
           help="inference requests queued per model instance before 503")
+
+    cache = parser.add_argument_group("response cache")
+    _flag(cache, "--cache-config", action="append", default=[], metavar="local,size=BYTES",
+          help="Triton's response cache: a local LRU of BYTES for models with response_cache { enable: true }")
+    _flag(cache, "--response-cache-byte-size", type=int, default=None, metavar="BYTES",
+          help="deprecated spelling of --cache-config local,size=BYTES (as in Triton)")
+    _flag(cache, "--cache-directory", default=None, help="accepted for Triton command lines; evserve loads no "
+          "cache libraries")
 
     metrics = parser.add_argument_group("metrics")
     _bool_flag(metrics, "--allow-metrics", True, "serve Prometheus metrics (default true)")
@@ -216,6 +225,17 @@ def address(text: str) -> str:
     return text
 
 
+def _cache_bytes(args: argparse.Namespace) -> int:
+    """The response cache's size from --cache-config, or from Triton's deprecated --response-cache-byte-size."""
+    if args.cache_config:
+        return parse_cache_config(args.cache_config)
+    if args.response_cache_byte_size is not None:
+        if args.response_cache_byte_size <= 0:
+            raise ValueError("--response-cache-byte-size must be a positive number of bytes")
+        return int(args.response_cache_byte_size)
+    return 0
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     metrics_config = _metrics_config(args.metrics_config)
     limits = Limits(
@@ -246,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         queue_capacity=args.max_queue_size,
         isolation=args.model_isolation,
         latency_summaries=bool(metrics_config.get("metrics_summary_latencies", False)),
+        response_cache_bytes=_cache_bytes(args),
     )
     return Config(
         http_address=args.http_address,
@@ -286,6 +307,11 @@ def ignored_triton_flags(args: argparse.Namespace) -> list[str]:
         warnings.append("--backend-directory ignored: evserve runs python-backend models itself")
     if args.backend_config:
         warnings.append(f"--backend-config {' '.join(args.backend_config)} ignored: evserve has no backend plugins")
+    if args.response_cache_byte_size is not None:
+        warnings.append("--response-cache-byte-size is deprecated: use --cache-config local,size="
+                        f"{args.response_cache_byte_size}" + (" (given too, it wins)" if args.cache_config else ""))
+    if args.cache_directory is not None:
+        warnings.append("--cache-directory ignored: evserve's response cache is built in")
     if args.pinned_memory_pool_byte_size is not None or args.cuda_memory_pool_byte_size:
         warnings.append("--pinned-memory-pool-byte-size/--cuda-memory-pool-byte-size ignored: evserve keeps no "
                         "memory pools of its own (CuPy's allocator serves GPU memory)")

@@ -75,11 +75,50 @@ def model_families(manager: ModelManager, config: Config | None = None) -> list[
     if config.metrics_counter_latencies:
         families += [request_us, queue_us, input_us, infer_us, output_us]
     families.append(load_s)
+    families += cache_families(manager)
     if config.metrics_summary_latencies:
         families += _summaries(manager, config.metrics_summary_quantiles)
     if config.metrics_histogram_latencies:
         families.append(_first_response_histogram(manager))
     return families + [family for family in (rss, restarts) if family.samples]
+
+
+def cache_families(manager: ModelManager) -> list[Family]:
+    """Triton's response-cache families: per version that enables the cache, and the cache's own gauges."""
+    hits = Family("nv_cache_num_hits_per_model", "counter", "Number of cache hits per model")
+    hit_us = Family("nv_cache_hit_duration_per_model", "counter", "Total cache hit duration per model, in microseconds")
+    misses = Family("nv_cache_num_misses_per_model", "counter", "Number of cache misses per model")
+    miss_us = Family("nv_cache_miss_duration_per_model", "counter",
+                     "Total cache miss (insert+lookup) duration per model, in microseconds")
+    for version in manager.ready_versions():
+        if not version.config.response_cache:
+            continue
+        labels = {"model": version.name, "version": version.version_str}
+        stats = version.stats.snapshot()["inference_stats"]
+        hits.add(labels, stats["cache_hit"]["count"])
+        hit_us.add(labels, stats["cache_hit"]["ns"] // 1000)
+        misses.add(labels, stats["cache_miss"]["count"])
+        miss_us.add(labels, stats["cache_miss"]["ns"] // 1000)
+    families = [family for family in (hits, hit_us, misses, miss_us) if family.samples]
+    cache = manager.response_cache
+    if cache is None:
+        return families
+    counters = cache.counters()
+    for name, value, text in (
+        ("nv_cache_util", counters.used / counters.capacity, "Cache utilization [0.0 - 1.0]"),
+        ("nv_cache_num_entries", counters.entries, "Number of responses stored in response cache"),
+        ("nv_cache_num_hits", counters.hits, "Number of cache hits in response cache"),
+        ("nv_cache_num_misses", counters.misses, "Number of cache misses in response cache"),
+        ("nv_cache_num_lookups", counters.lookups, "Number of cache lookups in response cache"),
+        ("nv_cache_num_evictions", counters.evictions, "Number of cache evictions in response cache"),
+        ("nv_cache_lookup_duration", counters.lookup_ns // 1000,
+         "Total cache lookup duration (hit and miss), in microseconds"),
+        ("nv_cache_insertion_duration", counters.insert_ns // 1000, "Total cache insertion duration, in microseconds"),
+    ):
+        family = Family(name, "gauge", text)
+        family.add({}, value)
+        families.append(family)
+    return families
 
 
 _SUMMARY_HELP = {

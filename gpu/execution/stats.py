@@ -60,6 +60,11 @@ class ModelStats:
         self.output_ns = 0
         self.inference_count = 0
         self.execution_count = 0
+        # The response cache (Triton's cache_hit/cache_miss): lookups answered, and misses stored (ns).
+        self.cache_hit_count = 0
+        self.cache_hit_ns = 0
+        self.cache_miss_count = 0
+        self.cache_miss_ns = 0
         self.last_inference_ms = 0
         self.failures = dict.fromkeys(self.FAILURE_REASONS, 0)
         # batch size (rows) -> [count, input ns, infer ns, output ns]
@@ -118,6 +123,26 @@ class ModelStats:
                 self.compute_ns += infer_ns
                 self.output_ns += output_ns
 
+    def record_cache_hit(self, total_ns: int, queue_ns: int, lookup_ns: int) -> None:
+        """A request answered from the response cache: a success with its queue time, as Triton counts
+        it (no compute, no inference or execution, and ``last_inference`` stays)."""
+        with self._lock:
+            if self.recent is not None:  # Triton's request and queue summaries include cached requests
+                self.recent["request"].append(total_ns / 1e3)
+                self.recent["queue"].append(queue_ns / 1e3)
+            self.success_count += 1
+            self.success_ns += total_ns
+            self.queue_count += 1
+            self.queue_ns += queue_ns
+            self.cache_hit_count += 1
+            self.cache_hit_ns += lookup_ns
+
+    def record_cache_miss(self, ns: int) -> None:
+        """A miss whose answer was offered to the cache: its lookup and insert time (Triton's cache_miss)."""
+        with self._lock:
+            self.cache_miss_count += 1
+            self.cache_miss_ns += ns
+
     def record_rejected(self) -> None:
         """A request refused at admission (queue full): a failure with reason REJECTED."""
         self.record_request(False, 0, -1, (-1, -1, -1), 0, reason="REJECTED")
@@ -165,8 +190,8 @@ class ModelStats:
                     "compute_input": pair(self.compute_count, self.input_ns),
                     "compute_infer": pair(self.compute_count, self.compute_ns),
                     "compute_output": pair(self.compute_count, self.output_ns),
-                    "cache_hit": pair(0, 0),
-                    "cache_miss": pair(0, 0),
+                    "cache_hit": pair(self.cache_hit_count, self.cache_hit_ns),
+                    "cache_miss": pair(self.cache_miss_count, self.cache_miss_ns),
                 },
                 "response_stats": self._response_stats(),
                 "batch_stats": [

@@ -19,6 +19,7 @@ from evserve.protocol.errors import Unavailable
 from evserve.protocol.types import ModelSignature
 
 if TYPE_CHECKING:
+    from evserve.gpu.execution.response_cache import ModelCache
     from evserve.gpu.execution.sequence import SequenceBatcher
     from evserve.gpu.repository.model_config import ModelConfig
 
@@ -49,6 +50,8 @@ class ModelVersion:
         self.successor: ModelVersion | None = None
         # A sequence model's router (sequence_batching): its jobs go to the instance of their sequence.
         self.sequencer = sequencer
+        # The server's response cache, when this version's config enables it (set by the loader).
+        self.response_cache: ModelCache | None = None
         self._accepting = True
 
     @property
@@ -101,7 +104,8 @@ class ModelVersion:
         """Hand ``job`` to the least-busy instance; raise Unavailable (503) at once when all are full.
 
         A caller that looked this version up just before a reload swapped it out is forwarded to
-        the replacement when it accepts the same tensors, so a reload never fails a request.
+        the replacement when it accepts the same tensors, so a reload never fails a request. With
+        the response cache, a hit is answered here and never reaches a worker.
         """
         if not self._accepting:
             successor = self.successor
@@ -111,6 +115,8 @@ class ModelVersion:
             raise Unavailable(
                 f"Request for unknown model: '{self.name}' version {self.version} is not at ready state"
             )
+        if self.response_cache is not None and self.response_cache.serve(job):
+            return  # answered from the cache, or being looked up on the cache's thread
         if self.sequencer is not None:
             try:
                 self.sequencer.submit(job)

@@ -14,6 +14,10 @@ worker with one futex call; ``threading.Condition`` is pure Python and cost ~10 
 on this path), the admission count sits under one plain lock, and the worker drains whatever
 has queued up while it ran before it sleeps again, so a burst costs one wake-up.
 
+Priority levels and queue policies (:mod:`.queue_policy`) change only what the worker's own
+queue is: a model that has them gets a :class:`~.queue_policy.ScheduledQueue` and its requests a
+level and a deadline; every other model keeps the plain FIFO and the path above, untouched.
+
 Invariants the rest of the server relies on: every admitted job gets exactly one terminal call
 (its result, an error when ``execute`` raises, a cancellation, or a drop at a bounded stop;
 the job's own guard makes "exactly" hold, see :mod:`.contract`), and nothing a model does can
@@ -34,6 +38,7 @@ from collections import deque
 from evserve.gpu.execution.batching import BatchGatherer, BatchingPolicy, request_rows
 from evserve.gpu.execution.contract import CANCELLED, QUEUE_FULL, ExecRequest, ModelInstance, Result
 from evserve.gpu.execution.device import DeviceContext
+from evserve.gpu.execution.queue_policy import TIMEOUT_EXPIRED, QueueScheduling, ScheduledQueue, reaper
 from evserve.gpu.execution.stats import ModelStats
 from evserve.protocol.errors import ProtocolError, Unavailable
 
@@ -92,7 +97,9 @@ class _Admitted:
         elif started:
             reason = "BACKEND"
         else:
-            reason = "CANCELED" if getattr(result, "message", "") == CANCELLED else "OTHER"
+            message = getattr(result, "message", "")
+            # A queue timeout is Triton's REJECTED, as a full queue is.
+            reason = "CANCELED" if message == CANCELLED else "REJECTED" if message == TIMEOUT_EXPIRED else "OTHER"
         if started:
             # Triton's compute split, from the marks the worker and the instance left on the job.
             job = self.job
@@ -115,6 +122,23 @@ class _Admitted:
 
 _NOT_RUN = (-1, -1, -1)
 
+# Where a scheduled job is (changed only under its worker's lock): the worker and the deadline
+# reaper both want to take a queued job, and exactly one may.
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
+
+
+class _Scheduled(_Admitted):
+    """An admitted job of a model with priority levels or queue timeouts."""
+
+    __slots__ = ("level", "deadline", "state", "watch")
+
+    def __init__(self, job: ExecRequest, rows: int, stats: ModelStats | None, level: int, timeout_ns: int) -> None:
+        super().__init__(job, rows, stats)
+        self.level = level
+        self.deadline = self.t_submit + timeout_ns if timeout_ns else 0
+        self.state = _QUEUED
+        self.watch: list | None = None  # the reaper's entry, for a REJECT deadline
+
 
 class InstanceWorker:
     """A thread that owns one model instance and executes its queue, in order, batch by batch.
@@ -136,6 +160,7 @@ class InstanceWorker:
         max_batch_size: int = 0,
         stats: ModelStats | None = None,
         thread_name: str | None = None,
+        scheduling: QueueScheduling | None = None,
     ) -> None:
         self.model_name = model_name
         self.instance = instance
@@ -149,9 +174,14 @@ class InstanceWorker:
         # Admitted jobs travel through `_inbox`; the worker moves them to `_pending` (its own)
         # while it gathers a batch. `_admitted` counts both, under `_lock`, for admission.
         self._inbox: queue.SimpleQueue[_Admitted | None] = queue.SimpleQueue()
-        self._pending: deque[_Admitted] = deque()
+        self._pending: deque[_Admitted] | ScheduledQueue = deque()
         self._lock = threading.Lock()
         self._admitted = 0
+        # Priority levels / queue policies: queued jobs per level (under _lock), and the queue that orders them.
+        self._scheduling = scheduling
+        self._level_counts = [0] * len(scheduling.levels) if scheduling is not None else []
+        if scheduling is not None:
+            self._pending = ScheduledQueue(scheduling)
         self._accepting = True
         self._closing = False
         self._dropping = False
@@ -187,6 +217,9 @@ class InstanceWorker:
 
     def submit(self, job: ExecRequest) -> None:
         """Queue ``job`` or raise Unavailable at once; on success the job is finished exactly once."""
+        if self._scheduling is not None:
+            self._submit_scheduled(job, self._scheduling)
+            return
         admitted = _Admitted(job, request_rows(job.request, self.max_batch_size), self.stats)
         with self._lock:
             if not self._accepting:
@@ -196,6 +229,33 @@ class InstanceWorker:
             self._admitted += 1
             # Under the lock, so nothing can be put behind close()'s end-of-queue marker.
             self._inbox.put(admitted)
+
+    def _submit_scheduled(self, job: ExecRequest, scheduling: QueueScheduling) -> None:
+        """``submit`` for a model with priority levels or queue timeouts: a level, a deadline, a per-level bound."""
+        level, timeout_ns = scheduling.place(job.request.parameters)
+        policy = scheduling.levels[level]
+        admitted = _Scheduled(job, request_rows(job.request, self.max_batch_size), self.stats, level, timeout_ns)
+        with self._lock:
+            if not self._accepting:
+                raise Unavailable(f"model '{self.model_name}' is not accepting requests: it is being unloaded")
+            if self._admitted >= self.capacity or 0 < policy.max_size <= self._level_counts[level]:
+                raise Unavailable(QUEUE_FULL)
+            self._admitted += 1
+            self._level_counts[level] += 1
+            if timeout_ns and not policy.delay:
+                # Set before the job can be taken (under this lock), so taking it can forget the entry.
+                admitted.watch = reaper().watch(admitted.deadline, self._expire, admitted)
+            self._inbox.put(admitted)
+
+    def _expire(self, admitted: _Scheduled) -> None:
+        """A REJECT deadline passed (reaper thread, or the worker as it looks): answer the job if still queued."""
+        with self._lock:
+            if admitted.state != _QUEUED:
+                return  # it started, or was dropped at a stop
+            admitted.state = _GONE
+            self._admitted -= 1
+            self._level_counts[admitted.level] -= 1
+        admitted.job.finish(Unavailable(TIMEOUT_EXPIRED))
 
     # ---- the thread -------------------------------------------------------------------------
 
@@ -224,6 +284,11 @@ class InstanceWorker:
             self._take(block=False)  # whatever queued up meanwhile: one wake-up per burst
         if not pending:
             return None  # the end-of-queue marker came and nothing is left
+        if self._scheduling is not None:
+            for expired in pending.expire(_now_ns()):  # type: ignore[union-attr]
+                self._expire(expired)
+            if not pending:
+                return []  # all of it timed out: look again
         count = 1 if self._gatherer is None else self._gather(self._gatherer)
         batch: list[_Admitted] = []
         with contextlib.suppress(IndexError):  # a stop may have dropped what was pending
@@ -231,10 +296,29 @@ class InstanceWorker:
                 batch.append(pending.popleft())
         if not batch:
             return []  # a stop dropped them: look again
+        if self._scheduling is not None:
+            return self._take_scheduled(batch)  # type: ignore[arg-type]
         with self._lock:
             self._admitted -= len(batch)
             self.in_flight += len(batch)
         return batch
+
+    def _take_scheduled(self, batch: list[_Scheduled]) -> list[_Admitted]:
+        """Claim the batch's jobs from the reaper: those it already answered are left out."""
+        taken: list[_Admitted] = []
+        with self._lock:
+            for admitted in batch:
+                if admitted.state != _QUEUED:
+                    continue
+                admitted.state = _TAKEN
+                self._level_counts[admitted.level] -= 1
+                if admitted.watch is not None:
+                    reaper().forget(admitted.watch)
+                    admitted.watch = None
+                taken.append(admitted)
+            self._admitted -= len(taken)
+            self.in_flight += len(taken)
+        return taken
 
     def _take(self, *, block: bool, timeout: float | None = None) -> None:
         """Move jobs from the inbox to ``_pending``; the end-of-queue marker sets ``_closing``."""
@@ -352,9 +436,22 @@ class InstanceWorker:
         if marker:
             self._inbox.put(None)  # the worker still needs it to stop when it wakes
         with self._lock:
+            if self._scheduling is not None:
+                dropped = [a for a in dropped if self._claim_for_drop(a)]  # type: ignore[arg-type]
             self._admitted -= len(dropped)
         for admitted in dropped:
             admitted.job.finish(_dropped(self.model_name))
+
+    def _claim_for_drop(self, admitted: _Scheduled) -> bool:
+        """Under ``_lock``: take a still-queued scheduled job for dropping (the reaper may have answered it)."""
+        if admitted.state != _QUEUED:
+            return False
+        admitted.state = _GONE
+        self._level_counts[admitted.level] -= 1
+        if admitted.watch is not None:
+            reaper().forget(admitted.watch)
+            admitted.watch = None
+        return True
 
 
 def _dropped(model_name: str) -> Unavailable:

@@ -42,7 +42,8 @@ def validate_model(message: Any, model_name: str, source: str) -> None:
     if message.HasField("sequence_batching"):
         _validate_sequence_batching(message, source)
     if message.model_transaction_policy.decoupled and message.response_cache.enable:
-        raise _fail(source, "response_cache", f"Response Cache does not currently support decoupled model {name}")
+        raise _fail(source, "response_cache", f"Response Cache does not currently support model {name} with "
+                    "'decoupled' transaction policy. Please disable the response cache.")
 
 
 def _validate_preferred_sizes(sizes: Iterable[int], max_batch_size: int, field: str, source: str) -> None:
@@ -97,7 +98,8 @@ def _validate_preserve_ordering(batching: Any, source: str) -> None:
 def _validate_sequence_batching(message: Any, source: str) -> None:
     sequence = message.sequence_batching
     if message.response_cache.enable:
-        problem = f"Response Cache does not currently support sequence batching model {message.name}"
+        problem = (f"Response Cache does not currently support model {message.name} with sequence batching "
+                   "scheduler. Please disable the response cache.")
         raise _fail(source, "response_cache", problem)
     if sequence.HasField("oldest"):
         _validate_preferred_sizes(

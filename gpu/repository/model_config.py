@@ -53,6 +53,7 @@ class DynamicBatching:
     preserve_ordering: bool
     priority_levels: int
     default_priority_level: int
+    default_queue_policy: QueuePolicy
     priority_queue_policies: dict[int, QueuePolicy]
 
     @classmethod
@@ -68,6 +69,7 @@ class DynamicBatching:
             preserve_ordering=bool(batching.get("preserve_ordering", False)),
             priority_levels=int(batching.get("priority_levels", 0)),
             default_priority_level=int(batching.get("default_priority_level", 0)),
+            default_queue_policy=default,
             priority_queue_policies={
                 int(level): QueuePolicy.from_json(policy)
                 for level, policy in batching.get("priority_queue_policy", {}).items()
@@ -126,6 +128,11 @@ class ModelConfig:
     @property
     def decoupled(self) -> bool:
         return bool(self.raw.get("model_transaction_policy", {}).get("decoupled", False))
+
+    @property
+    def response_cache(self) -> bool:
+        """Whether ``response_cache { enable: true }`` asks for the server's response cache."""
+        return bool(self.raw.get("response_cache", {}).get("enable", False))
 
     @property
     def instance_groups(self) -> list[InstanceGroup]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -139,3 +140,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
             return time.monotonic() - start
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metric(metrics_port: int, family: str, model: str, **labels: str) -> float:
+    """One sample of /metrics: ``family`` for version 1 of ``model`` with ``labels`` (in any order)."""
+    wanted = {"model": model, "version": "1", **labels}
+    for line in call(metrics_port, "GET", "/metrics").body.decode().splitlines():
+        found = re.fullmatch(r"(\w+)\{(.*)\} (\S+)", line)
+        if found and found.group(1) == family and dict(re.findall(r'(\w+)="([^"]*)"', found.group(2))) == wanted:
+            return float(found.group(3))
+    raise AssertionError(f"{family} {wanted} not in /metrics")

@@ -130,7 +130,18 @@ def test_unparsable_pbtxt_names_file_position_and_field(text: str, fragments: li
         ('sequence_batching { control_input [ { control [ { kind: CONTROL_SEQUENCE_START '
          'int32_false_true: [ 0, 1 ] } ] } ] }', "sequence_batching.control_input",
          "sequence batching control tensor must have a name for simple"),
-        ("model_transaction_policy { decoupled: true } response_cache { enable: true }", "response_cache", "decoupled"),
+        (
+            "model_transaction_policy { decoupled: true } response_cache { enable: true }",
+            "response_cache",
+            "Response Cache does not currently support model simple with 'decoupled' transaction policy. "
+            "Please disable the response cache.",
+        ),
+        (
+            "sequence_batching { } response_cache { enable: true }",
+            "response_cache",
+            "Response Cache does not currently support model simple with sequence batching scheduler. "
+            "Please disable the response cache.",
+        ),
         ("instance_group [ { kind: KIND_GPU } ]", "instance_group[0]", "no GPUs are available"),
         ("instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", "instance_group[0].gpus", "KIND_CPU"),
         ('instance_group [ { kind: KIND_CPU profile: [ "0" ] } ]', "instance_group[0].profile", "TensorRT"),

@@ -87,6 +87,7 @@ def test_typed_properties() -> None:
         preserve_ordering=False,
         priority_levels=2,
         default_priority_level=2,
+        default_queue_policy=QueuePolicy("REJECT", 70, True, 5),
         priority_queue_policies={1: QueuePolicy("DELAY", 9, False, 0)},
     )
     assert model.input_config("INPUT1")["dims"] == [16]
@@ -98,6 +99,11 @@ def test_plain_model_is_not_decoupled_and_has_no_batcher() -> None:
     model = ModelConfig(simple())
     assert model.decoupled is False
     assert model.dynamic_batching is None
+    assert model.response_cache is False
+
+
+def test_response_cache_enable_is_read() -> None:
+    assert ModelConfig(complete_text(SIMPLE_PBTXT + " response_cache { enable: true }")).response_cache is True
 
 
 def test_label_file(tmp_path: Path) -> None:
