@@ -190,7 +190,7 @@ class BlsTarget:
 
 
 def request_parameters(request: pb_utils.InferenceRequest) -> dict[str, Any]:
-    """The request parameters a BLS request carries: its own, and its sequence ID and flags."""
+    """The request parameters a BLS request carries: its own, its sequence ID and flags, its timeout (µs)."""
     parameters = json.loads(request._parameters) if request._parameters else {}
     if request._correlation_id:
         parameters["sequence_id"] = request._correlation_id
@@ -198,6 +198,8 @@ def request_parameters(request: pb_utils.InferenceRequest) -> dict[str, Any]:
         parameters["sequence_start"] = True
     if request._flags & pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END:
         parameters["sequence_end"] = True
+    if request._timeout:
+        parameters["timeout"] = request._timeout  # the callee's queue policy may use it, as on Triton
     return parameters
 
 
