@@ -375,11 +375,11 @@ def test_bls_requests_construct_but_refuse_to_run() -> None:
     assert json.loads(request.parameters()) == {"k": "v"}
     assert pb_utils.get_input_tensor_by_name(request, "IN") is not None
     assert pb_utils.get_input_tensor_by_name(request, "NOPE") is None
-    with pytest.MonkeyPatch.context() as patch:  # no model manager in this process: BLS says why
+    with pytest.MonkeyPatch.context() as patch:  # not loaded by a server (no gateway): BLS says why
         patch.setattr(bls, "_gateway", None)
-        with pytest.raises(pb_utils.TritonModelException, match="BLS needs the server's model manager"):
+        with pytest.raises(pb_utils.TritonModelException, match="BLS needs a running server"):
             request.exec()
-        with pytest.raises(pb_utils.TritonModelException, match="BLS needs the server's model manager"):
+        with pytest.raises(pb_utils.TritonModelException, match="BLS needs a running server"):
             asyncio.run(request.async_exec(decoupled=True))
     with pytest.raises(pb_utils.TritonModelException, match="no reference to the decoupled state"):
         request.get_response_sender().send(pb_utils.InferenceResponse())
