@@ -10,6 +10,7 @@ loaded ensemble still runs.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from evserve.gpu import EXAMPLE_REPOSITORY
-from tests.e2e.conftest import call, index, post_json
+from tests.e2e.conftest import call, index, post_json, wait_for
 from tests.evserve_process import EvserveProcess
 
 A = list(range(16))
@@ -225,16 +226,20 @@ def test_model_control_follows_the_dependencies(tmp_path: Path) -> None:
         assert control("ens_chain", "load") == 200  # loads simple and scale too
         assert {k: v for k, v in states().items() if v} == {"ens_chain": "READY", "simple": "READY", "scale": "READY"}
         assert control("simple", "unload") == 200  # the ensemble that runs it goes too
-        assert states()["ens_chain"] == "UNAVAILABLE"
+        wait_for(lambda: states()["ens_chain"] == "UNAVAILABLE", 30, "ens_chain to be unloaded")
         assert _infer(server, "ens_chain").status == 404
         assert control("ens_chain", "load") == 200
         assert control("ens_fan", "load") == 200
         assert control("ens_chain", "unload", {"parameters": {"unload_dependents": True}}) == 200
-        after = states()
-        assert after["ens_chain"] == "UNAVAILABLE"
-        assert after["simple"] == "READY" and after["scale"] == "READY"  # ens_fan still runs them
+        wait_for(lambda: states()["ens_chain"] == "UNAVAILABLE", 30, "ens_chain to be unloaded")
+        deadline = time.monotonic() + 1.0  # an unload of a step model would show within this
+        while time.monotonic() < deadline:
+            after = states()
+            assert after["simple"] == "READY" and after["scale"] == "READY"  # ens_fan still runs them
         assert control("ens_fan", "unload", {"parameters": {"unload_dependents": True}}) == 200
-        assert states()["simple"] == "UNAVAILABLE" and states()["scale"] == "UNAVAILABLE"
+        # The reply comes once the ensemble's unload has started (Triton's rule); its steps follow.
+        wait_for(lambda: states()["simple"] == "UNAVAILABLE" and states()["scale"] == "UNAVAILABLE", 30,
+                 "the step models to be unloaded")
         reply = post_json(server.port, "/v2/repository/models/ens_missing/load", {})
         assert reply.status == 400
         assert reply.json() == {"error": "load failed for model 'ens_missing': ensemble ens_missing contains models "
