@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evserve.gpu import EXAMPLE_REPOSITORY
+from tests.wire import Client, get
 
 # One [1, 16] INT32 request for the bundled `simple` model (OUTPUT0 = a + b, OUTPUT1 = a - b).
 SIMPLE_INPUTS = [
@@ -150,3 +151,17 @@ def metric(metrics_port: int, family: str, model: str, **labels: str) -> float:
         if found and found.group(1) == family and dict(re.findall(r'(\w+)="([^"]*)"', found.group(2))) == wanted:
             return float(found.group(3))
     raise AssertionError(f"{family} {wanted} not in /metrics")
+
+
+def connection_refused_or_dropped(port: int) -> bool:
+    """True when a new connection is refused, reset, or closed without any reply (a stopping server)."""
+    try:
+        client = Client(port, timeout=2)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    with client:
+        try:
+            client.send(get("/v2/health/live"))
+            return client.read_until_close(timeout=2) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True

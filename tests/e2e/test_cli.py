@@ -27,6 +27,7 @@ from evserve.server.runtime import usable_cores
 from tests.e2e.conftest import (
     announce_then_sleep,
     call,
+    connection_refused_or_dropped,
     copy_simple,
     identity_infer,
     simple_infer,
@@ -256,20 +257,6 @@ def stop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def _connection_refused_or_dropped(port: int) -> bool:
-    """True when a new connection is refused, reset, or closed without any reply."""
-    try:
-        client = Client(port, timeout=2)
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    with client:
-        try:
-            client.send(get("/v2/health/live"))
-            return client.read_until_close(timeout=2) == b""
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-
-
 def test_sigterm_drains_in_flight_and_refuses_new(stop_repository: Path) -> None:
     server = EvserveProcess("--threads", "2", "--model-repository", str(stop_repository),
                             "--exit-timeout-secs", "30")
@@ -299,7 +286,7 @@ def test_sigterm_drains_in_flight_and_refuses_new(stop_repository: Path) -> None
         with idle:
             assert idle.read_until_close(timeout=1.0) == b"", "the idle connection was not closed at SIGTERM"
         time.sleep(0.3)
-        assert _connection_refused_or_dropped(server.port), "a new connection was served after SIGTERM"
+        assert connection_refused_or_dropped(server.port), "a new connection was served after SIGTERM"
         status = server.proc.wait(15)
         exited = time.monotonic()
         thread.join(15)

@@ -24,7 +24,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import announce_then_sleep, call, simple_infer, wait_for, write_identity
+from tests.e2e.conftest import (
+    announce_then_sleep,
+    call,
+    connection_refused_or_dropped,
+    simple_infer,
+    wait_for,
+    write_identity,
+)
 from tests.evserve_process import SERVER_COMMAND, EvserveProcess, free_port
 from tests.wire import Client, get
 
@@ -32,20 +39,6 @@ from tests.wire import Client, get
 GRACE = 4.0
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 WORD_DELAY_MS = 800  # the stream lasts 5.6 s: it starts before SIGTERM and ends after the grace
-
-
-def _refused(port: int) -> bool:
-    """True when a new connection is refused, reset, or closed without a reply."""
-    try:
-        client = Client(port, timeout=2)
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    with client:
-        try:
-            client.send(get("/v2/health/live"))
-            return client.read_until_close(timeout=2) == b""
-        except (ConnectionResetError, BrokenPipeError):
-            return True
 
 
 class Stream:
@@ -104,7 +97,7 @@ def test_sigterm_reports_not_ready_serves_through_the_grace_then_drains_a_stream
         assert time.monotonic() - signalled < GRACE, "too slow to check the grace (the bounds need a faster host)"
 
         # Then the listener closes: new connections are refused, the stream goes on to its end.
-        wait_for(lambda: _refused(server.port), GRACE + 3, "new connections to be refused")
+        wait_for(lambda: connection_refused_or_dropped(server.port), GRACE + 3, "new connections to be refused")
         refused = time.monotonic()
         status = server.proc.wait(20)
         exited = time.monotonic()
@@ -134,7 +127,7 @@ def test_a_second_signal_skips_the_rest_of_the_grace(second: signal.Signals) -> 
         assert simple_infer(server.port).status == 200
         server.proc.send_signal(second)
         assert server.proc.wait(15) == 0, server.output()
-        assert _refused(server.port)
+        assert connection_refused_or_dropped(server.port)
     finally:
         server.stop()
 
