@@ -209,9 +209,9 @@ def test_the_model_sees_the_control_tensors(client: Any) -> None:
 
 
 def test_string_ids_reach_a_string_corrid(client: Any) -> None:
-    seen = json.loads(_send(client, "one_slot", 1, "session-9", start=True, end=True).as_numpy("INFO")[0])
-    assert seen["corr"] == "session-9"
-    assert seen["CORRID"] == [[1], "object", ["session-9"]]
+    seen = json.loads(_send(client, "one_slot", 1, "chat-9", start=True, end=True).as_numpy("INFO")[0])
+    assert seen["corr"] == "chat-9"
+    assert seen["CORRID"] == [[1], "object", ["chat-9"]]
 
 
 def test_a_second_sequence_waits_for_the_slot_until_the_first_goes_idle(client: Any) -> None:
