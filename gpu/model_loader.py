@@ -145,8 +145,20 @@ class ModelLoader:
         built: dict[int, ModelVersion] = {}
         for number in selected:
             stats = ModelStats(latency_summaries=self.latency_summaries)
-            built[number] = EnsembleVersion(name, number, config, stats, steps, self.resolve)
+            built[number] = version = EnsembleVersion(name, number, config, stats, steps, self.resolve)
+            self._attach_cache(version, config)
         return built
+
+    def _attach_cache(self, version: ModelVersion, config: ModelConfig) -> None:
+        """Give ``version`` the server's response cache when its config enables it."""
+        if not config.response_cache:
+            return
+        if self.response_cache is not None:
+            version.response_cache = ModelCache(self.response_cache, version.name, version.version_str,
+                                                version.stats, version.submit)
+        else:
+            _log.warning("model '%s': response_cache is enabled but the server has no cache "
+                         "(--cache-config local,size=BYTES); requests run uncached", version.name)
 
     def _instantiate(self, name: str, number: int, config: ModelConfig, module: PythonModel | None,
                      model_dir: str) -> ModelVersion:
@@ -195,12 +207,7 @@ class ModelLoader:
         sequencer = SequenceBatcher(name, sequencing, workers, config.max_batch_size) if sequencing else None
         version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module,
                                sequencer)
-        if config.response_cache:
-            if self.response_cache is not None:
-                version.response_cache = ModelCache(self.response_cache, name, str(number), stats, version.submit)
-            else:
-                _log.warning("model '%s': response_cache is enabled but the server has no cache "
-                             "(--cache-config local,size=BYTES); requests run uncached", name)
+        self._attach_cache(version, config)
         built.append(version)
         version.start()
         return version

@@ -142,6 +142,8 @@ class EnsembleVersion(ModelVersion):
                 successor.submit(job)
                 return
             raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
+        if self.response_cache is not None and self.response_cache.serve(job):
+            return  # answered from the cache (Triton caches a top-level ensemble's responses too)
         with self._idle:
             self._running += 1
         _EnsembleRun(self, job).start()

@@ -101,6 +101,8 @@ def _repository(root: Path) -> Path:
            chain.format(name="ens_missing") + CHAIN_STEPS.format(second="nonexistent", middle="sum"))
     _model(repository, "ens_badmap",
            chain.format(name="ens_badmap") + CHAIN_STEPS.format(second="scale", middle="nosuch"))
+    _model(repository, "ens_cached", chain.format(name="ens_cached") + CHAIN_STEPS.format(second="scale", middle="sum")
+           + "response_cache { enable: true }\n")
     fan = ENSEMBLE_IO.replace("{out0}", "OUT_SUM").replace("{out1}", "OUT_DIFF")
     _model(repository, "ens_fan", fan.format(name="ens_fan") + FAN_STEPS)
     return repository
@@ -110,7 +112,7 @@ def _repository(root: Path) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EvserveProcess]:
     repository = _repository(tmp_path_factory.mktemp("ensemble-repo"))
     with EvserveProcess("--model-repository", str(repository), "--exit-on-error=false",
-                        "--strict-readiness=false") as proc:
+                        "--strict-readiness=false", "--cache-config", "local,size=1048576") as proc:
         yield proc
 
 
@@ -244,3 +246,15 @@ def test_model_control_follows_the_dependencies(tmp_path: Path) -> None:
         assert reply.status == 400
         assert reply.json() == {"error": "load failed for model 'ens_missing': ensemble ens_missing contains models "
                                          "that are not available or ambiguous: nonexistent"}
+
+
+def test_an_ensemble_with_response_cache_answers_repeats_without_its_steps(server: EvserveProcess) -> None:
+    def stats(model: str) -> dict[str, Any]:
+        return call(server.port, "GET", f"/v2/models/{model}/stats").json()["model_stats"][0]
+
+    first = _infer(server, "ens_cached")
+    scale_before = stats("scale")["inference_count"]
+    again = _infer(server, "ens_cached")
+    assert again.status == 200 and again.json()["outputs"] == first.json()["outputs"]
+    assert stats("scale")["inference_count"] == scale_before  # no step ran for the repeat
+    assert stats("ens_cached")["inference_stats"]["cache_hit"]["count"] == 1
