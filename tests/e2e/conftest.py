@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from evserve.gpu import EXAMPLE_REPOSITORY
 from tests.wire import Client, get
 
@@ -165,3 +167,12 @@ def connection_refused_or_dropped(port: int) -> bool:
             return client.read_until_close(timeout=2) == b""
         except (ConnectionResetError, BrokenPipeError):
             return True
+
+
+def tritonclient_http() -> Any:
+    """tritonclient's HTTP client module, or a skip where it cannot be imported (no gevent on 3.14t)."""
+    try:
+        import tritonclient.http as httpclient
+    except (ImportError, RuntimeError):  # RuntimeError: tritonclient installed without its http extra
+        pytest.skip("needs tritonclient[http]")
+    return httpclient

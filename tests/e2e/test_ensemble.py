@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from evserve.gpu import EXAMPLE_REPOSITORY
-from tests.e2e.conftest import call, index, post_json, wait_for
+from tests.e2e.conftest import call, index, post_json, tritonclient_http, wait_for
 from tests.evserve_process import EvserveProcess
 
 A = list(range(16))
@@ -121,10 +121,7 @@ def _infer(server: EvserveProcess, model: str, body: dict[str, Any] = BODY) -> A
 
 
 def test_the_bundled_ensemble_runs_through_tritonclient(server: EvserveProcess) -> None:
-    try:
-        import tritonclient.http as httpclient
-    except (ImportError, RuntimeError):  # RuntimeError: tritonclient without its http extra (3.14t)
-        pytest.skip("needs tritonclient[http]")
+    httpclient = tritonclient_http()
     client = httpclient.InferenceServerClient(server.url)
     try:
         a = np.arange(16, dtype=np.int32).reshape(1, 16)

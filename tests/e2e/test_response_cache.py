@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
-from tests.e2e.conftest import call, index, metric, post_json
+from tests.e2e.conftest import call, index, metric, post_json, tritonclient_http
 from tests.evserve_process import SERVER_COMMAND, EvserveProcess
 
 MODEL = """
@@ -123,6 +122,7 @@ def test_the_key_covers_shape_requested_outputs_and_parameters(server: EvservePr
 
 
 def test_binary_tritonclient_request_hits_what_a_JSON_request_stored(server: EvserveProcess) -> None:
+    httpclient = tritonclient_http()
     stored = outputs(infer(server, "cached", [9.0, 9.5]))
     client = httpclient.InferenceServerClient(server.url)
     data = httpclient.InferInput("IN", [2], "FP32")

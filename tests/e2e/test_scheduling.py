@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import call, metric, post_json, wait_for
+from tests.e2e.conftest import call, metric, post_json, tritonclient_http, wait_for
 from tests.evserve_process import EvserveProcess
 
 MODEL = """
@@ -161,6 +160,7 @@ def test_higher_priority_runs_first_and_0_or_out_of_range_is_the_default_level(
 
 
 def test_tritonclient_priority_argument(server: EvserveProcess, tmp_path: Path) -> None:
+    httpclient = tritonclient_http()
     client = httpclient.InferenceServerClient(server.url, concurrency=4)
     data = httpclient.InferInput("IN", [1], "FP32")
     data.set_data_from_numpy(np.array([2.0], dtype=np.float32))
@@ -177,6 +177,7 @@ def test_tritonclient_priority_argument(server: EvserveProcess, tmp_path: Path) 
 
 
 def test_queue_timeout_REJECT_answers_503_while_the_instance_is_busy(server: EvserveProcess, tmp_path: Path) -> None:
+    httpclient = tritonclient_http()
     client = httpclient.InferenceServerClient(server.url)
     data = httpclient.InferInput("IN", [1], "FP32")
     data.set_data_from_numpy(np.array([2.0], dtype=np.float32))
