@@ -191,7 +191,9 @@ class _EnsembleRun:
     def start(self) -> None:
         with self.lock:
             ready = self._take_ready()
-        self.queue_ns = time.monotonic_ns() - self.t_submit
+        now = time.monotonic_ns()
+        self.queue_ns = now - self.t_submit
+        self.job.compute_start = now  # a trace shows the steps' span as the ensemble's compute
         if not ready:  # nothing can run (an optional input left out): answer with what exists
             self._answer()
             return
