@@ -142,6 +142,10 @@ class ModelLoader:
             raise LoadFailure(
                 f"ensemble {name} contains models that are not available or ambiguous: {', '.join(missing)}", selected)
         assert self.resolve is not None, "the manager sets the resolver before loading"
+        if not config.decoupled and any(self.resolve(step.model_name, step.version).decoupled for step in steps):
+            # As Triton: an ensemble that runs a decoupled model is decoupled itself (its config says so).
+            cfg = {**cfg, "model_transaction_policy": {**cfg.get("model_transaction_policy", {}), "decoupled": True}}
+            config = ModelConfig(complete_config(cfg, name, source, model_dir=model_dir), model_dir)
         built: dict[int, ModelVersion] = {}
         for number in selected:
             stats = ModelStats(latency_summaries=self.latency_summaries)

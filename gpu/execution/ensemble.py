@@ -9,7 +9,10 @@ answered once every step has answered. Tensors pass between steps by reference: 
 
 As on Triton: outputs come back sorted by name; a step's failure fails the request with the
 step's status and ``in ensemble '<name>', <the step's message>``; the ensemble's statistics sum
-its steps' queue and compute times, and the step models keep their own statistics.
+its steps' compute times, and the step models keep their own statistics. An ensemble that runs a
+decoupled step must be decoupled itself: each response of that step flows on through the steps
+downstream of it, and each that comes out with every requested output is one of the ensemble's
+responses (see :class:`_Branch`).
 """
 
 from __future__ import annotations
@@ -169,19 +172,39 @@ class EnsembleVersion(ModelVersion):
         return self._outputs
 
 
-class _EnsembleRun:
-    """One request through the graph: the tensors so far, the steps still to run, the time spent."""
+class _Branch:
+    """One line of a request's data through the graph: its tensors, the steps still to run, those running.
 
-    __slots__ = ("ensemble", "job", "tensors", "waiting", "running", "lock", "t_submit", "queue_ns", "phases",
-                 "failed")
+    A request starts with one branch. Each response of a decoupled step forks a new branch with
+    that response's tensors, in which the steps downstream run; the branch it forked from goes on
+    with its other steps.
+    """
+
+    __slots__ = ("tensors", "waiting", "running")
+
+    def __init__(self, tensors: dict[str, InputTensor], waiting: list[EnsembleStep]) -> None:
+        self.tensors = tensors
+        self.waiting = waiting
+        self.running = 0
+
+
+class _EnsembleRun:
+    """One request through the graph: its branches, and the time spent.
+
+    An ensemble that is not decoupled has one branch and answers once, when the branch is done. A
+    decoupled ensemble (a decoupled step inside) answers once per branch that ends with every
+    requested output, and ends with a bare FINAL once no branch is open, as Triton streams it.
+    """
+
+    __slots__ = ("ensemble", "job", "root", "open", "last", "lock", "t_submit", "queue_ns", "phases", "failed")
     # queue_ns: from arrival until the first step was handed to its model (the ensemble's own queue).
 
     def __init__(self, ensemble: EnsembleVersion, job: ExecRequest) -> None:
         self.ensemble = ensemble
         self.job = job
-        self.tensors: dict[str, InputTensor] = {t.name: t for t in job.request.inputs}
-        self.waiting = list(ensemble.steps)
-        self.running = 0
+        self.root = _Branch({t.name: t for t in job.request.inputs}, list(ensemble.steps))
+        self.open = 1  # branches not yet done
+        self.last: InferResponse | None = None  # a decoupled ensemble's last answer, for a request that wants one
         self.lock = threading.Lock()
         self.t_submit = time.monotonic_ns()
         self.queue_ns = 0
@@ -190,41 +213,44 @@ class _EnsembleRun:
 
     def start(self) -> None:
         with self.lock:
-            ready = self._take_ready()
+            ready = self._take_ready(self.root)
         now = time.monotonic_ns()
         self.queue_ns = now - self.t_submit
         self.job.compute_start = now  # a trace shows the steps' span as the ensemble's compute
         if not ready:  # nothing can run (an optional input left out): answer with what exists
-            self._answer()
+            self._branch_done(self.root)
             return
-        self._launch(ready)
+        self._launch(self.root, ready)
 
-    def _take_ready(self) -> list[EnsembleStep]:
-        """Under the lock: the waiting steps whose inputs all exist now."""
-        ready = [step for step in self.waiting if all(t in self.tensors for t in step.input_map.values())]
+    @staticmethod
+    def _take_ready(branch: _Branch) -> list[EnsembleStep]:
+        """Under the lock: the branch's waiting steps whose inputs all exist now."""
+        tensors = branch.tensors
+        ready = [step for step in branch.waiting if all(t in tensors for t in step.input_map.values())]
         for step in ready:
-            self.waiting.remove(step)
-        self.running += len(ready)
+            branch.waiting.remove(step)
+        branch.running += len(ready)
         return ready
 
-    def _launch(self, steps: list[EnsembleStep]) -> None:
+    def _launch(self, branch: _Branch, steps: list[EnsembleStep]) -> None:
         for step in steps:
             try:
                 served = self.ensemble.resolve(step.model_name, step.version)
-                if served.decoupled:
-                    raise ProtocolError(f"model '{step.model_name}' is decoupled; ensembles here run models that "
-                                        "answer each request once", 400)
-                request = self._step_request(step, served.signature)
-                answer = _StepAnswer(self, step)
-                answer.step_job = ExecRequest(request, answer, cancelled=self.job.cancelled)
+                if served.decoupled and not self.ensemble.decoupled:
+                    raise ProtocolError(f"model '{step.model_name}' is decoupled: an ensemble that runs it must be "
+                                        "decoupled too (model_transaction_policy { decoupled: true })", 400)
+                request = self._step_request(branch, step, served.signature)
+                answer = _StepAnswer(self, branch, step)
+                stream = answer.streamed if served.decoupled else None
+                answer.step_job = ExecRequest(request, answer, cancelled=self.job.cancelled, stream=stream)
                 served.submit(answer.step_job)
             except ProtocolError as exc:
                 self._step_failed(exc)
 
-    def _step_request(self, step: EnsembleStep, signature: Any) -> InferRequest:
+    def _step_request(self, branch: _Branch, step: EnsembleStep, signature: Any) -> InferRequest:
         inputs = []
         for model_input, tensor_name in step.input_map.items():
-            tensor = self.tensors[tensor_name]
+            tensor = branch.tensors[tensor_name]
             inputs.append(InputTensor(model_input, tensor.datatype, tensor.shape, tensor.data))
         if not tensors_fit(signature.plan, inputs):  # the full checks, for Triton's error text
             check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs],
@@ -233,30 +259,67 @@ class _EnsembleRun:
         return InferRequest(signature.name, signature.version, id=request.id, parameters=request.parameters,
                             inputs=inputs, outputs=[RequestedOutput(name) for name in step.output_map])
 
-    def step_answered(self, step: EnsembleStep, step_job: ExecRequest, result: Result, done_ns: int) -> None:
+    @staticmethod
+    def _take_outputs(tensors: dict[str, InputTensor], step: EnsembleStep, result: InferResponse) -> None:
+        for out in result.outputs:
+            tensor = step.output_map.get(out.name)
+            if tensor is not None:
+                tensors[tensor] = InputTensor(tensor, out.datatype, out.shape, out.data)
+
+    def _count_phases(self, step_job: ExecRequest, done_ns: int) -> None:
+        """Under the lock: the step's compute-input and compute-output time, added to the ensemble's."""
+        start = step_job.compute_start
+        if start < 0:
+            return
+        input_end = step_job.input_end if step_job.input_end >= start else start
+        output_start = step_job.output_start if step_job.output_start >= input_end else done_ns
+        self.phases[0] += input_end - start
+        self.phases[2] += max(done_ns - output_start, 0)
+
+    def step_answered(self, branch: _Branch, step: EnsembleStep, step_job: ExecRequest, result: Result,
+                      done_ns: int) -> None:
+        """A step that answers once has answered."""
         if isinstance(result, ProtocolError):
             self._step_failed(result)
             return
-        start = step_job.compute_start
-        if start >= 0:
-            input_end = step_job.input_end if step_job.input_end >= start else start
-            output_start = step_job.output_start if step_job.output_start >= input_end else done_ns
-            phases = (input_end - start, output_start - input_end, max(done_ns - output_start, 0))
-        else:
-            phases = (0, 0, 0)
         with self.lock:
-            for out in result.outputs:
-                tensor = step.output_map.get(out.name)
-                if tensor is not None:
-                    self.tensors[tensor] = InputTensor(tensor, out.datatype, out.shape, out.data)
-            self.phases[0] += phases[0]
-            self.phases[2] += phases[2]
-            self.running -= 1
-            ready = [] if self.failed else self._take_ready()
-            complete = not self.failed and self.running == 0 and not ready
-        self._launch(ready)
-        if complete:
-            self._answer()
+            self._take_outputs(branch.tensors, step, result)
+            self._count_phases(step_job, done_ns)
+            branch.running -= 1
+            ready = [] if self.failed else self._take_ready(branch)
+            done = not self.failed and branch.running == 0 and not ready
+        self._launch(branch, ready)
+        if done:
+            self._branch_done(branch)
+
+    def step_streamed(self, branch: _Branch, step: EnsembleStep, step_job: ExecRequest, result: Result | None,
+                      final: bool) -> None:
+        """A decoupled step sent a response (forking a branch for it) and/or its FINAL."""
+        if isinstance(result, ProtocolError):
+            self._step_failed(result)
+            return
+        fork: _Branch | None = None
+        ready: list[EnsembleStep] = []
+        with self.lock:
+            if self.failed:
+                return
+            if result is not None:
+                tensors = dict(branch.tensors)
+                self._take_outputs(tensors, step, result)
+                fork = _Branch(tensors, list(branch.waiting))
+                self.open += 1
+                ready = self._take_ready(fork)
+            if final:
+                self._count_phases(step_job, time.monotonic_ns())
+                branch.running -= 1
+            parent_done = final and branch.running == 0
+        if fork is not None:
+            if ready:
+                self._launch(fork, ready)
+            else:
+                self._branch_done(fork)
+        if parent_done:
+            self._branch_done(branch)
 
     def _step_failed(self, error: ProtocolError) -> None:
         with self.lock:
@@ -265,23 +328,50 @@ class _EnsembleRun:
         if first:
             self._end(ProtocolError(f"in ensemble '{self.ensemble.name}', {error.message}", error.status), ok=False)
 
-    def _answer(self) -> None:
+    def _response(self, branch: _Branch) -> InferResponse | str:
+        """The branch's answer, or the name of a requested output it lacks."""
         ensemble = self.ensemble
         request = self.job.request
         outputs = []
         for name in ensemble.requested_outputs(request):
-            tensor = self.tensors.get(name)
+            tensor = branch.tensors.get(name)
             if tensor is None:
-                self._end(ProtocolError(f"in ensemble '{ensemble.name}', output '{name}' was not produced", 500),
-                          ok=False)
-                return
+                return name
             outputs.append(OutputTensor(name, tensor.datatype, tensor.shape, tensor.data))
         parameters = {key: request.parameters.get(key, default)
                       for key, default in (("sequence_id", 0), ("sequence_start", False), ("sequence_end", False))}
-        self._end(InferResponse(ensemble.name, ensemble.version_str, id=request.id, outputs=outputs,
-                                parameters=parameters), ok=True)
+        return InferResponse(ensemble.name, ensemble.version_str, id=request.id, outputs=outputs,
+                             parameters=parameters)
 
-    def _end(self, result: Result, *, ok: bool) -> None:
+    def _branch_done(self, branch: _Branch) -> None:
+        if self.failed:
+            return
+        response = self._response(branch)
+        if not self.ensemble.decoupled:
+            if isinstance(response, str):
+                response = ProtocolError(f"in ensemble '{self.ensemble.name}', output '{response}' was not produced",
+                                         500)
+            self._end(response, ok=not isinstance(response, ProtocolError))
+            return
+        # Decoupled: a branch that ends without every requested output (one that forked) answers nothing.
+        if not isinstance(response, str):
+            if self.job.stream is not None:
+                self.job.send(response)
+            else:
+                self.last = response
+        with self.lock:
+            self.open -= 1
+            finished = self.open == 0 and not self.failed
+        if finished:
+            if self.job.stream is not None:
+                self._end(None, ok=True)
+            elif self.last is not None:
+                self._end(self.last, ok=True)
+            else:
+                self._end(ProtocolError(f"in ensemble '{self.ensemble.name}', no response was produced", 500),
+                          ok=False)
+
+    def _end(self, result: Result | None, *, ok: bool) -> None:
         ensemble = self.ensemble
         total = time.monotonic_ns() - self.t_submit
         rows = request_rows(self.job.request, ensemble.max_batch_size)
@@ -301,14 +391,18 @@ class _EnsembleRun:
 
 
 class _StepAnswer:
-    """A step job's completion: hands the step's answer (and when it came) back to its run."""
+    """A step job's completion (and, for a decoupled step, its stream): back to its run and branch."""
 
-    __slots__ = ("run", "step", "step_job")
+    __slots__ = ("run", "branch", "step", "step_job")
 
-    def __init__(self, run: _EnsembleRun, step: EnsembleStep) -> None:
+    def __init__(self, run: _EnsembleRun, branch: _Branch, step: EnsembleStep) -> None:
         self.run = run
+        self.branch = branch
         self.step = step
         self.step_job: ExecRequest = None  # type: ignore[assignment]  # set right after, before submit
 
     def __call__(self, result: Result) -> None:
-        self.run.step_answered(self.step, self.step_job, result, time.monotonic_ns())
+        self.run.step_answered(self.branch, self.step, self.step_job, result, time.monotonic_ns())
+
+    def streamed(self, result: Result | None, final: bool) -> None:
+        self.run.step_streamed(self.branch, self.step, self.step_job, result, final)

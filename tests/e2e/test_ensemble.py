@@ -9,6 +9,7 @@ loaded ensemble still runs.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -81,6 +82,32 @@ ensemble_scheduling { step [
 """
 
 
+# repeat_int32 (decoupled: one response per element) between two plain steps; the ensemble streams.
+STREAM_CONFIG = """
+name: "ens_stream"
+platform: "ensemble"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "NUMS" data_type: TYPE_INT32 dims: [ -1 ] } ]
+output [ { name: "DOUBLED" data_type: TYPE_INT32 dims: [ 1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "halve" model_version: -1
+    input_map { key: "X" value: "NUMS" } output_map { key: "Y" value: "half" } },
+  { model_name: "repeat_int32" model_version: -1
+    input_map { key: "IN" value: "half" } output_map { key: "OUT" value: "one" } },
+  { model_name: "double" model_version: -1
+    input_map { key: "X" value: "one" } output_map { key: "Y" value: "DOUBLED" } }
+] }
+"""
+SCALAR_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "X" data_type: TYPE_INT32 dims: [ -1 ] }} ]
+output [ {{ name: "Y" data_type: TYPE_INT32 dims: [ -1 ] }} ]
+"""
+
+
 def _model(repository: Path, name: str, config: str, model: str | None = None) -> None:
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "config.pbtxt").write_text(config)
@@ -90,8 +117,14 @@ def _model(repository: Path, name: str, config: str, model: str | None = None) -
 
 def _repository(root: Path) -> Path:
     repository = root / "ensembles"
-    for name in ("simple", "simple_ensemble"):
+    for name in ("simple", "simple_ensemble", "repeat_int32"):
         shutil.copytree(Path(EXAMPLE_REPOSITORY) / name, repository / name)
+    _model(repository, "halve", SCALAR_CONFIG.format(name="halve"),
+           STEP_MODEL.replace("{answer}", DOUBLE).replace("x * 2", "x // 2"))
+    _model(repository, "double", SCALAR_CONFIG.format(name="double"), STEP_MODEL.replace("{answer}", DOUBLE))
+    _model(repository, "ens_stream", STREAM_CONFIG)
+    _model(repository, "ens_not_streaming", STREAM_CONFIG.replace('"ens_stream"', '"ens_not_streaming"').replace(
+        "model_transaction_policy { decoupled: true }", ""))
     _model(repository, "scale", STEP_CONFIG.format(name="scale"), STEP_MODEL.replace("{answer}", DOUBLE))
     _model(repository, "failer", STEP_CONFIG.format(name="failer"), STEP_MODEL.replace("{answer}", FAIL))
     chain = ENSEMBLE_IO.replace("{out0}", "DOUBLED_SUM").replace("{out1}", "DIFF")
@@ -255,3 +288,21 @@ def test_an_ensemble_with_response_cache_answers_repeats_without_its_steps(serve
     assert again.status == 200 and again.json()["outputs"] == first.json()["outputs"]
     assert stats("scale")["inference_count"] == scale_before  # no step ran for the repeat
     assert stats("ens_cached")["inference_stats"]["cache_hit"]["count"] == 1
+
+
+def test_a_decoupled_step_streams_through_the_steps_after_it(server: EvserveProcess) -> None:
+    """halve([8, 10, 12]) → repeat_int32 sends 4, 5, 6 one by one → each doubled: three events, then the end."""
+    reply = call(server.port, "POST", "/v2/models/ens_stream/generate_stream", b'{"NUMS": [8, 10, 12]}')
+    assert reply.status == 200, reply.body
+    events = [json.loads(line[len(b"data: "):]) for line in reply.body.split(b"\n") if line.startswith(b"data: ")]
+    assert sorted(event["DOUBLED"] for event in events) == [8, 10, 12]
+    assert all(event["model_name"] == "ens_stream" for event in events)
+
+
+def test_an_ensemble_that_runs_a_decoupled_model_is_decoupled(server: EvserveProcess) -> None:
+    """As Triton: the config says decoupled, and the ensemble streams, though its file does not say so."""
+    config = call(server.port, "GET", "/v2/models/ens_not_streaming/config").json()
+    assert config["model_transaction_policy"] == {"decoupled": True}
+    reply = call(server.port, "POST", "/v2/models/ens_not_streaming/generate_stream", b'{"NUMS": [8, 10]}')
+    events = [json.loads(line[len(b"data: "):]) for line in reply.body.split(b"\n") if line.startswith(b"data: ")]
+    assert sorted(event["DOUBLED"] for event in events) == [8, 10]
