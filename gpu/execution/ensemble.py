@@ -28,7 +28,7 @@ from evserve.gpu.execution.contract import ExecRequest, Result
 from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.repository.config_parse import ModelConfigError
-from evserve.protocol.errors import ProtocolError, Unavailable
+from evserve.protocol.errors import ProtocolError
 from evserve.protocol.request_plan import tensors_fit
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
 from evserve.protocol.validate import InputPlan, check_inputs, element_count
@@ -138,15 +138,8 @@ class EnsembleVersion(ModelVersion):
     def in_flight(self) -> int:
         return self._running
 
-    def submit(self, job: ExecRequest) -> None:
-        if not self.accepting:
-            successor = self.successor
-            if successor is not None:
-                successor.submit(job)
-                return
-            raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} is not at ready state")
-        if self.response_cache is not None and self.response_cache.serve(job):
-            return  # answered from the cache (Triton caches a top-level ensemble's responses too)
+    def _dispatch(self, job: ExecRequest) -> None:
+        """Run an admitted job through the graph (ModelVersion.submit has admitted it: ready, not cached)."""
         with self._idle:
             self._running += 1
         _EnsembleRun(self, job).start()

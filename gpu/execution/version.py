@@ -117,6 +117,10 @@ class ModelVersion:
             )
         if self.response_cache is not None and self.response_cache.serve(job):
             return  # answered from the cache, or being looked up on the cache's thread
+        self._dispatch(job)
+
+    def _dispatch(self, job: ExecRequest) -> None:
+        """Queue an admitted job: to its sequence's instance, or to the least-busy one."""
         if self.sequencer is not None:
             try:
                 self.sequencer.submit(job)
