@@ -23,7 +23,7 @@ import numpy as np
 
 from evserve.protocol.datatypes import numpy_dtype
 from evserve.protocol.types import InferRequest, InputTensor, ModelSignature, RequestedOutput, TensorSpec
-from evserve.protocol.validate import MAX_NDIM
+from evserve.protocol.validate import MAX_NDIM, InputPlan, check_inputs, element_count
 
 _INPUT_KEYS = frozenset({"name", "datatype", "shape", "data", "parameters"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
@@ -109,6 +109,14 @@ def tensors_fit(plan: RequestPlan, inputs: list[InputTensor]) -> bool:
             return False
         names.add(tensor.name)
     return plan.required <= names and len(names) == len(inputs) and batch <= plan.max_batch_size
+
+
+def check_tensors(inputs: list[InputTensor], signature: ModelSignature) -> None:
+    """Check tensors built in-process against a model as an HTTP request's are: the fast yes of
+    :func:`tensors_fit`, else :func:`check_inputs` for Triton's exact error (BadRequest)."""
+    if not tensors_fit(signature.plan, inputs):
+        check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs],
+                     signature)
 
 
 def decode_common(

@@ -29,9 +29,8 @@ from evserve.gpu.execution.stats import ModelStats
 from evserve.gpu.execution.version import ModelVersion
 from evserve.gpu.repository.config_parse import ModelConfigError
 from evserve.protocol.errors import ProtocolError
-from evserve.protocol.request_plan import tensors_fit
+from evserve.protocol.request_plan import check_tensors
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, OutputTensor, RequestedOutput
-from evserve.protocol.validate import InputPlan, check_inputs, element_count
 
 if TYPE_CHECKING:
     from evserve.gpu.repository.model_config import ModelConfig
@@ -245,9 +244,7 @@ class _EnsembleRun:
         for model_input, tensor_name in step.input_map.items():
             tensor = branch.tensors[tensor_name]
             inputs.append(InputTensor(model_input, tensor.datatype, tensor.shape, tensor.data))
-        if not tensors_fit(signature.plan, inputs):  # the full checks, for Triton's error text
-            check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs],
-                         signature)
+        check_tensors(inputs, signature)
         request = self.job.request
         return InferRequest(signature.name, signature.version, id=request.id, parameters=request.parameters,
                             inputs=inputs, outputs=[RequestedOutput(name) for name in step.output_map])

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from evserve.gpu.execution.contract import Completion, ExecRequest, StreamCallback
 from evserve.gpu.python_backend import pb_utils
 from evserve.protocol.errors import ProtocolError
-from evserve.protocol.request_plan import tensors_fit
+from evserve.protocol.request_plan import check_tensors
 from evserve.protocol.types import InferRequest, InferResponse, InputTensor, RequestedOutput
-from evserve.protocol.validate import InputPlan, check_inputs, check_outputs, element_count
+from evserve.protocol.validate import check_outputs
 
 if TYPE_CHECKING:
     from evserve.gpu.model_manager import ModelManager
@@ -216,9 +216,7 @@ def _timed_out(request: pb_utils.InferenceRequest, call: Call) -> pb_utils.Infer
 
 def _infer_request(target: BlsTarget, inputs: list[InputTensor], signature: Any) -> InferRequest:
     """The protocol request for ``signature``'s model, checked as an HTTP request is."""
-    if not tensors_fit(signature.plan, inputs):  # the full checks, for Triton's error text
-        check_inputs([InputPlan(t.name, t.datatype, t.shape, element_count(t.name, t.shape)) for t in inputs],
-                     signature)
+    check_tensors(inputs, signature)
     check_outputs(target.output_names, signature)
     return InferRequest(
         signature.name, signature.version, id=target.request_id, parameters=dict(target.parameters), inputs=inputs,
