@@ -112,6 +112,13 @@ class ExecRequest:
             _log.exception("completion callback failed")
         return True
 
+    def compute_split(self, start: int, end: int) -> tuple[int, int, int]:
+        """Triton's (compute_input, compute_infer, compute_output) ns of a job that ran from ``start``
+        to ``end``, from the marks its instance left (a mark left unset counts as no time)."""
+        input_end = self.input_end if self.input_end >= start else start
+        output_start = self.output_start if self.output_start >= input_end else end
+        return input_end - start, output_start - input_end, max(end - output_start, 0)
+
     def send(self, partial: InferResponse) -> None:
         """Pass on a non-final response of a streaming job; dropped once the job is finished."""
         if self.stream is not None and not self._done:

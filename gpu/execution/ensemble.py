@@ -258,13 +258,11 @@ class _EnsembleRun:
 
     def _count_phases(self, step_job: ExecRequest, done_ns: int) -> None:
         """Under the lock: the step's compute-input and compute-output time, added to the ensemble's."""
-        start = step_job.compute_start
-        if start < 0:
+        if step_job.compute_start < 0:
             return
-        input_end = step_job.input_end if step_job.input_end >= start else start
-        output_start = step_job.output_start if step_job.output_start >= input_end else done_ns
-        self.phases[0] += input_end - start
-        self.phases[2] += max(done_ns - output_start, 0)
+        input_ns, _, output_ns = step_job.compute_split(step_job.compute_start, done_ns)
+        self.phases[0] += input_ns
+        self.phases[2] += output_ns
 
     def step_answered(self, branch: _Branch, step: EnsembleStep, step_job: ExecRequest, result: Result,
                       done_ns: int) -> None:

@@ -101,12 +101,7 @@ class _Admitted:
             # A queue timeout is Triton's REJECTED, as a full queue is.
             reason = "CANCELED" if message == CANCELLED else "REJECTED" if message == TIMEOUT_EXPIRED else "OTHER"
         if started:
-            # Triton's compute split, from the marks the worker and the instance left on the job.
-            job = self.job
-            start = self.t_start
-            input_end = job.input_end if job.input_end >= start else start
-            output_start = job.output_start if job.output_start >= input_end else now
-            phases = self.phases = (input_end - start, output_start - input_end, max(now - output_start, 0))
+            phases = self.phases = self.job.compute_split(self.t_start, now)
         else:
             phases = _NOT_RUN
         responses = self._responses  # empty for a plain model: its one response is the request (stats.py)
