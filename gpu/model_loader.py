@@ -208,7 +208,10 @@ class ModelLoader:
             for worker in workers:
                 _finalize_quietly(name, worker.instance)
             raise
-        sequencer = SequenceBatcher(name, sequencing, workers, config.max_batch_size) if sequencing else None
+        sequencer = None
+        if sequencing is not None:  # as many requests may wait for their turn as the instances' queues hold
+            sequencer = SequenceBatcher(name, sequencing, workers, config.max_batch_size,
+                                        waiting_limit=capacity * len(workers))
         version = ModelVersion(name, number, config, workers, stats, config.signature(str(number)), module,
                                sequencer)
         self._attach_cache(version, config)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from evserve.gpu.execution.batching import request_rows
-from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.execution.contract import QUEUE_FULL, ExecRequest
 from evserve.gpu.execution.worker import InstanceWorker
 from evserve.protocol.datatypes import config_to_protocol, numpy_dtype
 from evserve.protocol.errors import BadRequest, ProtocolError, Unavailable
@@ -160,11 +160,14 @@ class SequenceBatcher:
     """Routes the jobs of a sequence model's version to its instances, one sequence per slot."""
 
     def __init__(self, model_name: str, policy: SequencePolicy, workers: Sequence[InstanceWorker],
-                 max_batch_size: int) -> None:
+                 max_batch_size: int, waiting_limit: int = 1024) -> None:
         self.model_name = model_name
         self.policy = policy
         self.workers = list(workers)
         self.max_batch_size = max_batch_size
+        # Jobs waiting here for their sequence's turn or a slot, and how many may: past it, 503 as a full queue.
+        self.waiting_limit = waiting_limit
+        self._waiting = 0
         self._free = [policy.slots_per_instance] * len(self.workers)
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: deque[_Sequence] = deque()
@@ -202,6 +205,8 @@ class SequenceBatcher:
         with self._lock:
             if self._closed.is_set():
                 raise Unavailable(f"model '{self.model_name}' is not accepting requests: it is being unloaded")
+            if self._waiting >= self.waiting_limit:
+                raise Unavailable(QUEUE_FULL)
             sequence = self._sequences.get(key)
             if not start and (sequence is None or sequence.ending):
                 raise BadRequest(f"inference request for sequence {key} to model '{self.model_name}' must specify "
@@ -210,6 +215,7 @@ class SequenceBatcher:
                 sequence = self._sequences[key] = _Sequence(key, now)
                 self._take_slot(sequence)
             sequence.pending.append(job)
+            self._waiting += 1
             sequence.ending = end
             sequence.last_ns = now
             first = self._next(sequence)
@@ -264,6 +270,7 @@ class SequenceBatcher:
         if sequence.busy or sequence.worker is None or not sequence.pending:
             return None
         sequence.busy = True
+        self._waiting -= 1
         return sequence.pending.popleft()
 
     def _dispatch(self, sequence: _Sequence, job: ExecRequest, *, direct: bool) -> None:
@@ -398,6 +405,7 @@ class SequenceBatcher:
         with self._lock:
             self._closed.set()
             waiting = [job for sequence in self._sequences.values() for job in sequence.pending]
+            self._waiting = 0
             for sequence in self._sequences.values():
                 sequence.pending.clear()
                 sequence.ending = True

@@ -59,14 +59,15 @@ def job(sequence_id: int | str = 0, *, start: bool = False, end: bool = False, r
 
 
 def batcher(instances: int = 1, max_batch_size: int = 0, idle_us: int = 1_000_000,
-            controls: list[dict] | None = None, oldest: dict | None = None
+            controls: list[dict] | None = None, oldest: dict | None = None, waiting_limit: int = 1024
             ) -> tuple[SequenceBatcher, list[RecordingWorker]]:
     config: dict[str, Any] = {"max_sequence_idle_microseconds": idle_us, "control_input": controls or []}
     if oldest is not None:
         config["oldest"] = oldest
     policy = SequencePolicy.from_config({"sequence_batching": config}, max_batch_size)
     workers = [RecordingWorker() for _ in range(instances)]
-    return SequenceBatcher("acc", policy, workers, max_batch_size), workers  # type: ignore[arg-type]
+    sequencer = SequenceBatcher("acc", policy, workers, max_batch_size, waiting_limit)  # type: ignore[arg-type]
+    return sequencer, workers
 
 
 def answer(done: ExecRequest) -> None:
@@ -214,3 +215,16 @@ def test_close_answers_the_waiting_requests_and_refuses_new_ones() -> None:
         sequencer.submit(job(2, start=True))
     answer(running)  # the request at the instance still finishes
     assert running.results == [None]
+
+
+def test_the_jobs_waiting_for_their_turn_are_bounded() -> None:
+    sequencer, [worker] = batcher(waiting_limit=2)
+    running, waiting = job(1, start=True), job(1)
+    sequencer.submit(running)  # went straight to the instance: it does not wait here
+    sequencer.submit(waiting)
+    sequencer.submit(job(2, start=True))  # no slot free: waits in the backlog
+    with pytest.raises(Unavailable, match=QUEUE_FULL):
+        sequencer.submit(job(1))
+    answer(running)  # the waiting one goes on: room again
+    sequencer.submit(job(1))
+    assert worker.jobs == [running, waiting]
