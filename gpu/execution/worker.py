@@ -101,8 +101,12 @@ class _Admitted:
             # A queue timeout is Triton's REJECTED, as a full queue is.
             reason = "CANCELED" if message == CANCELLED else "REJECTED" if message == TIMEOUT_EXPIRED else "OTHER"
         if started:
-            phases = self.phases = self.job.compute_split(self.t_start, now)
+            # The instance may have moved the job's start later (a pipelined batch that waited in
+            # its child): from then on it computed, before that it queued.
+            start = max(self.job.compute_start, self.t_start)
+            phases = self.phases = self.job.compute_split(start, now)
         else:
+            start = -1
             phases = _NOT_RUN
         responses = self._responses  # empty for a plain model: its one response is the request (stats.py)
         if left and responses:
@@ -110,7 +114,7 @@ class _Admitted:
         # The first response: the first one a decoupled model sent, else the answer itself.
         first = self._first_response if self._first_response >= 0 else (now if started and result is not None else -1)
         self._stats.record_request(
-            ok, now - self.t_submit, (self.t_start - self.t_submit) if started else -1, phases, self.rows, reason,
+            ok, now - self.t_submit, (start - self.t_submit) if started else -1, phases, self.rows, reason,
             responses, (first - self.t_submit) if first >= 0 else -1,
         )
 
@@ -166,6 +170,12 @@ class InstanceWorker:
         self.stats = stats
         batched = batching is not None and max_batch_size > 0
         self._gatherer = BatchGatherer(batching, max_batch_size) if batched else None  # type: ignore[arg-type]
+        # An instance that can take several batches at once (a process instance: one round trip to
+        # its child for a burst) gets up to its depth of queued requests, each its own batch, in
+        # order. Not with dynamic batching (a batch already takes the burst) nor with priorities or
+        # queue timeouts (a request handed over could no longer be overtaken or time out).
+        depth = getattr(instance, "pipeline_depth", 1)
+        self._depth = depth if self._gatherer is None and scheduling is None else 1
         # Admitted jobs travel through `_inbox`; the worker moves them to `_pending` (its own)
         # while it gathers a batch. `_admitted` counts both, under `_lock`, for admission.
         self._inbox: queue.SimpleQueue[_Admitted | None] = queue.SimpleQueue()
@@ -284,7 +294,7 @@ class InstanceWorker:
                 self._expire(expired)
             if not pending:
                 return []  # all of it timed out: look again
-        count = 1 if self._gatherer is None else self._gather(self._gatherer)
+        count = self._depth if self._gatherer is None else self._gather(self._gatherer)
         batch: list[_Admitted] = []
         with contextlib.suppress(IndexError):  # a stop may have dropped what was pending
             for _ in range(count):
@@ -368,8 +378,13 @@ class InstanceWorker:
         for admitted in live:
             admitted.t_start = start
             admitted.job.compute_start = start
+        # Without pipelining the jobs are one batch; with it (see __init__), each is its own.
+        batches = [live] if self._depth == 1 else [[admitted] for admitted in live]
         try:
-            self.instance.execute([a.job for a in live])
+            if self._depth == 1:
+                self.instance.execute([a.job for a in live])
+            else:
+                self.instance.execute_many([[a.job] for a in live])  # type: ignore[attr-defined]
         except BaseException as exc:  # model code may raise anything, SystemExit included
             _log.exception("model '%s': execute failed", self.model_name)
             failure = ProtocolError(f"Failed to process the request(s) for model '{self.model_name}': {exc}", 500)
@@ -377,14 +392,15 @@ class InstanceWorker:
                 admitted.job.finish(failure)
         end = _now_ns()
         if self.stats is not None:
-            first = live[0]
-            # The batch's split is its first job's (all share the marks); a job still running (a
-            # decoupled model's) counts its whole time as infer.
-            phases = first.phases if first.phases is not _NOT_RUN else (0, end - start, 0)
-            self.stats.record_execution(rows, phases)
+            for batch in batches:
+                first = batch[0]
+                # The batch's split is its first job's (all share the marks); a job still running (a
+                # decoupled model's) counts its whole time as infer.
+                phases = first.phases if first.phases is not _NOT_RUN else (0, end - first.job.compute_start, 0)
+                self.stats.record_execution(sum(a.rows for a in batch) if len(batches) > 1 else rows, phases)
         with self._lock:
             self.in_flight -= len(live)
-            self.executions += 1
+            self.executions += len(batches)
             self.inferences += rows
 
     # ---- shutdown ---------------------------------------------------------------------------

@@ -38,6 +38,15 @@ class Arena:
         self.fd = fd
         self._map = mmap.mmap(fd, size)
         self.view = memoryview(self._map)
+        self.address = np.frombuffer(self._map, dtype=np.uint8).ctypes.data  # where this process mapped it
+
+    def offset_of(self, array: np.ndarray) -> int:
+        """Where ``array``'s bytes lie in the arena, or -1 when they are not a contiguous part of it
+        (an output that is a view of an input, say, can then cross without being copied)."""
+        if not array.flags.c_contiguous:
+            return -1
+        offset = array.ctypes.data - self.address
+        return offset if 0 <= offset and offset + array.nbytes <= self.size else -1
 
     def write(self, offset: int, data: memoryview) -> None:
         self.view[offset : offset + data.nbytes] = data

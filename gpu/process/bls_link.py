@@ -29,10 +29,9 @@ from typing import Any
 
 from evserve.gpu.process.arena import Arena
 from evserve.gpu.process.frames import FrameWriter
-from evserve.gpu.process.tensors import pack, pack_result, unpack, unpack_result
+from evserve.gpu.process.tensors import pack, pack_result, unpack_input, unpack_result
 from evserve.gpu.python_backend import bls, pb_utils
 from evserve.protocol.errors import ProtocolError
-from evserve.protocol.types import InputTensor
 
 SERVER_GONE = "BLS request failed: the server closed this model instance's connection"
 
@@ -175,8 +174,7 @@ class ServerRelay:
             reply(ProtocolError("BLS request failed: the server is stopping", 503), True)
             return
         target = message["target"]
-        inputs = [InputTensor(t["name"], t["datatype"], tuple(t["shape"]), unpack(t, arena, copy=False))
-                  for t in message["inputs"]]
+        inputs = [unpack_input(t, arena) for t in message["inputs"]]
         decoupled = bool(message["decoupled"])
         error = gate.submit_job(
             bls.BlsTarget(target["model_name"], target["model_version"], list(target["output_names"]),

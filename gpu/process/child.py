@@ -7,7 +7,8 @@ that leaves is seen through its cancellation flag in the arena (``request.is_can
 no message has to reach a busy child. Responses sent while their batch is open go through the
 arena; a response sent later (a decoupled model answering from its own thread) goes inline,
 because the server may already have handed the arena to the next batch. The frames a
-default-mode batch produces are sent together with its "done" (one write, one wake-up).
+default-mode batch produces are sent together with its "done", and those of a burst of small
+pipelined batches together (one write, one wake-up of the server: :meth:`Child.execute`).
 
 The child exits when the server's end of the socket closes (the kernel closes it when the server
 dies in any way), and a watchdog thread exits it within a second of the server's death even
@@ -28,19 +29,23 @@ import time
 import traceback
 from typing import Any
 
-from evserve.gpu.execution.contract import ExecRequest
+from evserve.gpu.execution.contract import CANCELLED, ExecRequest
 from evserve.gpu.model_loader import describe
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
 from evserve.gpu.process.bls_link import ChildLink
 from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
-from evserve.gpu.process.tensors import pack_result, unpack
+from evserve.gpu.process.tensors import pack_result, unpack_input
 from evserve.gpu.python_backend import bls
 from evserve.gpu.python_backend.model import PythonModel
 from evserve.gpu.python_backend.pb_utils import metrics
 from evserve.gpu.repository.model_config import ModelConfig
-from evserve.protocol.types import InferRequest, InputTensor, RequestedOutput
+from evserve.protocol.errors import ProtocolError
+from evserve.protocol.types import InferRequest, RequestedOutput
 
 _log = logging.getLogger("evserve.child")
+
+# How long a pipelined frame's answers may wait to go out together (see Child.execute).
+FLUSH_AFTER_NS = 200_000
 
 
 class Child:
@@ -55,6 +60,7 @@ class Child:
         self._arena_lock = threading.Lock()
         self._bump: Bump | None = None
         self._held: list[bytes] | None = None  # frames of a default-mode batch, sent with its "done"
+        self._batch_start = 0  # monotonic ns a pipelined batch began, when it is not its frame's first
         # The model's BLS calls go to the server and their answers come back on the socket. Whoever
         # holds the read token reads the next frame: this thread between batches, or a model thread
         # waiting for a BLS answer (this one, inside execute). A BLS answer goes to its caller; any
@@ -94,7 +100,7 @@ class Child:
         if not self._read_token.acquire(blocking=False):
             return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], wait)
+            readable = self.reader.buffered() or select.select([self.sock], [], [], wait)[0]
             if not readable:
                 return True  # our turn, and nothing came: the caller looks at its deadline
             message = self._read()
@@ -146,26 +152,56 @@ class Child:
             self.writer.send_encoded(frame)
 
     def execute(self, message: dict[str, Any]) -> None:
-        jobs = [self._job(request) for request in message["requests"]]
+        """Run the frame's batches in order (the server pipelines several when requests queue up).
+
+        The frames they produce are held and sent together with their "done" frames: after the
+        last batch, or as soon as ``FLUSH_AFTER_NS`` has passed since the last send, so a burst
+        of small requests costs the server one wake-up and a slow batch still answers at once.
+        A batch after the first whose clients all left by the time its turn comes is not run:
+        it is answered as cancelled, as the worker answers one that leaves while queued.
+        """
+        batches = message["batches"]
+        held: list[bytes] = []
+        sent_at = time.monotonic_ns()
         with self._arena_lock:
             self._bump = Bump(self.arena, message["inputs_end"])
-            self._held = None if self.decoupled else []
         try:
-            self.instance.execute(jobs)
+            for index, batch in enumerate(batches):
+                started = time.monotonic_ns()
+                jobs = [self._job(request) for request in batch["requests"]]
+                if index:
+                    self._batch_start = started  # it waited behind the ones before it: the server's queue time
+                    if all(job.cancelled() for job in jobs):
+                        for job in jobs:
+                            job.finish(ProtocolError(CANCELLED, 400))
+                        jobs = []
+                with self._arena_lock:
+                    self._held = None if self.decoupled else held
+                try:
+                    if jobs:
+                        self.instance.execute(jobs)
+                finally:
+                    with self._arena_lock:
+                        self._held = None
+                        self._batch_start = 0
+                        held.append(encode({"op": "done", "batch": batch["batch"]}))
+                        now = time.monotonic_ns()
+                        if index == len(batches) - 1 or now - sent_at >= FLUSH_AFTER_NS:
+                            # The metrics first: they are current before any of these requests is answered.
+                            self.writer.send_encoded(self._metrics_frame() + b"".join(held))
+                            held.clear()
+                            sent_at = now
         finally:
             with self._arena_lock:
-                held, self._held, self._bump = self._held or [], None, None
-                held.append(self._metrics_frame())
-                held.append(encode({"op": "done", "batch": message["batch"]}))
-                self.writer.send_encoded(b"".join(held))
+                self._bump = None
+                if held:  # a batch raised past the model (BaseException): what it answered still goes out
+                    self.writer.send_encoded(b"".join(held))
 
-    def _job(self, header: dict[str, Any]) -> ExecRequest:
-        rid = header["rid"]
-        inputs = [InputTensor(t["name"], t["datatype"], tuple(t["shape"]), unpack(t, self.arena, copy=False))
-                  for t in header["inputs"]]
-        outputs = header["outputs"]
+    def _job(self, header: list[Any]) -> ExecRequest:
+        """The job of one request header (``ProcessInstance._pack_batch`` wrote it)."""
+        rid, model_name, model_version, id_, parameters, inputs, outputs, stream = header
         request = InferRequest(
-            header["model_name"], header["model_version"], header["id"], header["parameters"] or {}, inputs,
+            model_name, model_version, id_, parameters or {}, [unpack_input(t, self.arena) for t in inputs],
             [RequestedOutput(name) for name in outputs] if outputs is not None else None,
         )
         flags, slot = self.arena.view, rid % CANCEL_FLAGS
@@ -173,7 +209,7 @@ class Child:
         def cancelled() -> bool:
             return flags[slot] != 0
 
-        if header["stream"]:
+        if stream:
             return ExecRequest(request, _unused, cancelled, lambda result, final: self._send(rid, result, final))
         return ExecRequest(request, lambda result: self._send(rid, result, True), cancelled)
 
@@ -186,7 +222,10 @@ class Child:
 
     def _send(self, rid: int, result: Any, final: bool) -> None:
         with self._arena_lock:
-            frame = encode({"op": "response", "rid": rid, "final": final, "result": pack_result(result, self._bump)})
+            message = {"op": "response", "rid": rid, "final": final, "result": pack_result(result, self._bump)}
+            if self._batch_start:
+                message["started"] = self._batch_start
+            frame = encode(message)
             if self._held is not None:
                 self._held.append(frame)
                 return

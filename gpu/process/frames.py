@@ -42,36 +42,58 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 class FrameReader:
-    """Reads whole frames from one thread; ``read`` returns None at EOF (the peer is gone)."""
+    """Reads whole frames from one thread; ``read`` returns None at EOF (the peer is gone).
+
+    It reads what the socket has, up to ``CHUNK`` bytes at a time, and hands out the frames in it
+    one by one: a burst of frames costs one ``recv`` (not two per frame), which is why a caller
+    that waits with ``select`` must first ask :meth:`buffered` whether a frame is already here.
+    """
+
+    CHUNK = 1 << 18
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def buffered(self) -> bool:
+        """Whether a whole frame is already read and waiting (``read`` will not block)."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _LENGTH.size:
+            return False
+        (length,) = _LENGTH.unpack_from(buf, pos)
+        return len(buf) - pos - _LENGTH.size >= length
 
     def read(self) -> dict[str, Any] | None:
-        head = self._exactly(_LENGTH.size)
-        if head is None:
+        if not self._fill(_LENGTH.size):
             return None
-        (length,) = _LENGTH.unpack(head)
+        (length,) = _LENGTH.unpack_from(self._buf, self._pos)
         if length > MAX_FRAME:
             raise ValueError(f"frame of {length} bytes exceeds the limit")
-        payload = self._exactly(length)
-        if payload is None:
+        if not self._fill(_LENGTH.size + length):
             return None
-        message = msgpack.unpackb(payload, raw=False)
+        start = self._pos + _LENGTH.size
+        self._pos = start + length
+        message = msgpack.unpackb(memoryview(self._buf)[start : self._pos], raw=False)
         if not isinstance(message, dict):
             raise ValueError("a frame must hold a map")
         return message
 
-    def _exactly(self, count: int) -> bytes | None:
-        buf = bytearray(count)
-        view = memoryview(buf)
-        got = 0
-        while got < count:
+    def _fill(self, count: int) -> bool:
+        """Make at least ``count`` unread bytes available; False at EOF."""
+        have = len(self._buf) - self._pos
+        if have >= count:
+            return True
+        chunks = [self._buf[self._pos :]] if have else []
+        self._buf, self._pos = b"", 0
+        while have < count:
             try:
-                n = self._sock.recv_into(view[got:])
-            except (ConnectionResetError, OSError):
-                return None
-            if n == 0:
-                return None
-            got += n
-        return bytes(buf)
+                chunk = self._sock.recv(max(self.CHUNK, count - have))
+            except OSError:  # ConnectionResetError included
+                return False
+            if not chunk:
+                return False
+            chunks.append(chunk)
+            have += len(chunk)
+        self._buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return True

@@ -156,6 +156,8 @@ class ProcessInstance:
         self._jobs: dict[int, ExecRequest] = {}
         self._ids = itertools.count(1)
         self._batch_done = threading.Event()
+        self._batches_left = 0  # batches of the round in flight that the child has not done yet
+        self._progress = 0.0  # monotonic time the child last finished a batch (the execute timeout's clock)
         self._ready_answers: dict[int, concurrent.futures.Future[bool]] = {}
         self._finalized: concurrent.futures.Future[str | None] | None = None
         self._crashes: list[float] = []
@@ -236,17 +238,53 @@ class ProcessInstance:
 
     # -- execute ------------------------------------------------------------------------------
 
+    # How many batches the worker may hand over at once (:meth:`execute_many`): a burst of small
+    # requests then crosses to the child and back in one frame each way, and the server's threads
+    # wake once per burst instead of once per request.
+    pipeline_depth = 16
+
     def execute(self, batch: list[ExecRequest]) -> None:
         """Send ``batch`` to the child and wait until it is done (the worker thread only)."""
+        self.execute_many([batch])
+
+    def execute_many(self, batches: list[list[ExecRequest]]) -> None:
+        """Run ``batches`` in the child, in order, each as one ``execute``; return when all are done.
+
+        They go in rounds: as many as the arena holds inputs for cross in one frame; a batch that
+        does not fit waits for the next round, and one that does not fit an empty arena fails 413.
+        """
         child = self._ensure_child()
         if isinstance(child, ProtocolError):
-            for job in batch:
-                job.finish(child)
+            for batch in batches:
+                for job in batch:
+                    job.finish(child)
             return
-        bump = Bump(child.arena, CANCEL_FLAGS)
-        flags = child.arena.view
-        headers = []
-        sent: list[tuple[int, ExecRequest]] = []
+        waiting = [batch for batch in batches if batch]
+        while waiting:
+            bump = Bump(child.arena, CANCEL_FLAGS)
+            frame: list[dict[str, Any]] = []
+            sent: list[tuple[int, ExecRequest]] = []
+            while waiting:
+                headers = self._pack_batch(waiting[0], bump, child.arena.view, sent, first=not frame)
+                if headers is None:
+                    break  # the arena is full: the rest go in the next round
+                del waiting[0]
+                if headers:
+                    frame.append({"batch": headers[0][0], "requests": headers})
+            if frame:
+                self._run_frame(child, frame, sent, bump.top)
+                child = self._child  # type: ignore[assignment]
+                if child is None and waiting:  # it died with the round: the rest start a new child
+                    self.execute_many(waiting)
+                    return
+
+    def _pack_batch(self, batch: list[ExecRequest], bump: Bump, flags: memoryview, jobs: list[tuple[int, ExecRequest]],
+                    *, first: bool) -> list[list[Any]] | None:
+        """The request headers of ``batch`` (``Child._job`` reads them), its inputs written into the
+        arena and its jobs added to ``jobs``; None when they do not fit and the round already holds
+        others (the arena and ``jobs`` are left as they were)."""
+        top, known = bump.top, len(jobs)
+        headers: list[list[Any]] = []
         for job in batch:
             if job.done:
                 continue
@@ -254,6 +292,10 @@ class ProcessInstance:
                 inputs = [pack(t.name, t.datatype, tuple(t.shape), t.data, bump, spill=False)
                           for t in job.request.inputs]
             except ArenaFull as exc:
+                if not first:
+                    bump.top = top
+                    del jobs[known:]
+                    return None
                 job.finish(ProtocolError(
                     f"request too large for the shared memory of model instance '{self.name}': {exc} "
                     "(raise the model's EVSERVE_ARENA_BYTES parameter)", 413))
@@ -262,24 +304,25 @@ class ProcessInstance:
             flags[rid % CANCEL_FLAGS] = 0
             request = job.request
             outputs = request.outputs
-            headers.append({
-                "rid": rid, "model_name": request.model_name, "model_version": request.model_version,
-                "id": request.id, "parameters": request.parameters, "inputs": inputs,
-                "outputs": [o.name for o in outputs] if outputs is not None else None,
-                "stream": job.stream is not None,
-            })
-            sent.append((rid, job))
-        if not sent:
-            return
-        batch_id = sent[0][0]
+            headers.append([
+                rid, request.model_name, request.model_version, request.id, request.parameters, inputs,
+                [o.name for o in outputs] if outputs is not None else None, job.stream is not None,
+            ])
+            jobs.append((rid, job))
+        return headers
+
+    def _run_frame(self, child: _Child, frame: list[dict[str, Any]], sent: list[tuple[int, ExecRequest]],
+                   inputs_end: int) -> None:
+        """Send one round's batches and wait until the child has done them all (or died)."""
         with self._lock:
             self._jobs.update(sent)
+            self._batches_left = len(frame)
             self._batch_done.clear()
-        message = {"op": "execute", "batch": batch_id, "inputs_end": bump.top, "requests": headers}
         tick = self._batch_tick(child, sent)
         packed = time.monotonic_ns()
         for _, job in sent:
             job.input_end = packed  # the inputs are in the arena: the rest is the child's
+        message = {"op": "execute", "inputs_end": inputs_end, "batches": frame}
         if self._reader_thread:
             self._send(child, message)
             while not self._batch_done.wait(_CANCEL_POLL):
@@ -290,14 +333,15 @@ class ProcessInstance:
                 self._pump(child, self._batch_done.is_set, tick)
 
     def _batch_tick(self, child: _Child, sent: list[tuple[int, ExecRequest]]) -> Callable[[], None]:
-        """While a batch runs: raise the flags of requests whose client left (the child reads them
-        in ``request.is_cancelled()``), and kill the child past the execute timeout."""
+        """While a round runs: raise the flags of requests whose client left (the child reads them
+        in ``request.is_cancelled()``), and kill the child once a batch has run past the execute
+        timeout (each batch of the round gets the whole timeout: the clock restarts as one ends)."""
         timeout = self.spec.execute_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        self._progress = time.monotonic()
 
         def tick() -> None:
             _raise_cancel_flags(child, sent)
-            if deadline is not None and time.monotonic() > deadline and not child.timed_out:
+            if timeout is not None and time.monotonic() > self._progress + timeout and not child.timed_out:
                 _log.error("model instance '%s' ran past its execute timeout of %.1f s; killing its process",
                            self.name, timeout)
                 child.timed_out = True
@@ -328,7 +372,7 @@ class ProcessInstance:
         """Read and handle the child's frames until ``finished()`` or the child ends; ``tick`` runs
         every poll interval without a frame (without one, the read just blocks)."""
         while not finished():
-            if tick is not None:
+            if tick is not None and not child.reader.buffered():
                 try:
                     readable, _, _ = select.select([child.sock], [], [], _CANCEL_POLL)
                 except (OSError, ValueError):  # the socket was closed under us (finalize, kill)
@@ -357,6 +401,10 @@ class ProcessInstance:
                 if job is not None and message["final"]:
                     del self._jobs[rid]
             if job is not None:
+                started = message.get("started")
+                if started is not None and started > job.compute_start:
+                    # A pipelined batch that waited behind others in the child: that wait was queueing.
+                    job.compute_start = job.input_end = started
                 arrived = time.monotonic_ns()
                 result = unpack_result(message["result"], child.arena)
                 if job.on_response is not None and not job.done:
@@ -368,7 +416,11 @@ class ProcessInstance:
                 elif result is not None:
                     job.send(result)  # type: ignore[arg-type]
         elif op == "done":
-            self._batch_done.set()
+            self._progress = time.monotonic()
+            with self._lock:
+                self._batches_left -= 1
+                if self._batches_left <= 0:
+                    self._batch_done.set()
         elif op == "metrics":
             self.custom_metrics = [tuple(family) for family in message["families"]]
         elif op == "bls":
