@@ -44,6 +44,12 @@ CACHE_WORKLOADS = ("simple-json-cache-hit", "simple-json-cache-miss")
 MODELS = {"simple-json": "simple", "bls-json": "bls_simple", "ensemble-json": "simple_ensemble",
           **dict.fromkeys(CACHE_WORKLOADS, CACHED_MODEL)}
 SERVERS = ("evserve", "work-floor")
+# With --isolation process, the models each workload needs (only they load: every child runs under
+# callgrind too, and each costs a minute to start there).
+PROCESS_MODELS = {
+    "ready": ("simple",), "simple-json": ("simple",), "bls-json": ("bls_simple", "simple"),
+    "ensemble-json": ("simple_ensemble",),
+}
 
 
 def request_bytes(workload: str, number: int = 0) -> bytes:
@@ -147,30 +153,43 @@ def total_instructions(dump: str) -> int:
     return int(match.group(1))
 
 
-def measure(server: str, workload: str, requests: int, connections: int, threads: int) -> float:
+def measure(server: str, workload: str, requests: int, connections: int, threads: int,
+            isolation: str = "thread") -> float:
+    """Instructions per request of the server; with ``isolation="process"``, of the server and its
+    model's child process together (callgrind follows the child; only the workload's models load)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="evserve-callgrind-") as tmp:
-        out = os.path.join(tmp, "callgrind.out")
+        out = os.path.join(tmp, "callgrind.out.%p")
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # idle BLAS threads spin and would be counted
-        extra = cached_repository(tmp) if workload in CACHE_WORKLOADS else None
+        extra = cached_repository(tmp) if workload in CACHE_WORKLOADS else []
+        trace = []
+        if isolation == "process":
+            models = PROCESS_MODELS[workload]
+            extra += ["--model-isolation", "process", "--model-control-mode", "explicit",
+                      *(arg for model in models for arg in ("--load-model", model))]
+            trace = ["--trace-children=yes"]
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *trace,
              *server_command(server, port, threads, extra)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
+        # callgrind_control without a pid reaches every callgrind run: the server and its children.
+        target = [str(proc.pid)] if isolation == "thread" else []
         try:
-            wait_ready(port, 300)
+            wait_ready(port, 600)
             fixed = request_bytes(workload)
             make = (lambda n: request_bytes(workload, n)) if workload == "simple-json-cache-miss" else (lambda n: fixed)
             send_requests(port, make, 300, connections)  # warm-up: imports, caches, allocator
-            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-z", *target], check=True, capture_output=True)
             send_requests(port, make, requests, connections, first=300)
-            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", *target], check=True, capture_output=True)
             time.sleep(1)
-            dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
-            if not dumps:
+            latest: dict[str, str] = {}  # each process's last dump
+            for dump in sorted(glob.glob(os.path.join(tmp, "callgrind.out.*")), key=os.path.getmtime):
+                latest[os.path.basename(dump).split(".")[2]] = dump
+            if not latest:
                 raise RuntimeError("callgrind wrote no dump")
-            return total_instructions(dumps[-1]) / requests
+            return sum(total_instructions(dump) for dump in latest.values() if dump.count(".") > 2) / requests
         finally:
             proc.kill()
             proc.wait()
@@ -184,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000, help="requests counted (default 3000)")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="evserve --threads (default 1)")
+    parser.add_argument("--isolation", choices=("thread", "process"), default="thread",
+                        help="evserve --model-isolation (default thread); process counts the model's child too")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions.py: needs valgrind and callgrind_control (apt-get install valgrind)", file=sys.stderr)
@@ -196,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             if server == "work-floor" and workload not in ("ready", "simple-json"):
                 continue  # it serves one model inline: no cache, no BLS, no ensembles
-            figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads)
+            if args.isolation == "process" and server == "evserve" and workload not in PROCESS_MODELS:
+                print(f"| {workload} | {server} | (no process-isolated run for this workload) |")
+                continue
+            isolation = args.isolation if server == "evserve" else "thread"
+            figures[workload, server] = measure(server, workload, args.requests, args.connections, args.threads,
+                                                isolation)
             print(f"| {workload} | {server} | {figures[workload, server]:,.0f} |", flush=True)
     if set(servers) == set(SERVERS):
         for workload in (w for w in workloads if (w, "work-floor") in figures):

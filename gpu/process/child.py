@@ -154,7 +154,7 @@ class Child:
     def execute(self, message: dict[str, Any]) -> None:
         """Run the frame's batches in order (the server pipelines several when requests queue up).
 
-        The frames they produce are held and sent together with their "done" frames: after the
+        The frames they produce are held and sent together with a "done" that counts the batches: after the
         last batch, or as soon as ``FLUSH_AFTER_NS`` has passed since the last send, so a burst
         of small requests costs the server one wake-up and a slow batch still answers at once.
         A batch after the first whose clients all left by the time its turn comes is not run:
@@ -162,13 +162,14 @@ class Child:
         """
         batches = message["batches"]
         held: list[bytes] = []
+        done = 0  # batches finished since the last send: one "done" frame tells the server how many
         sent_at = time.monotonic_ns()
         with self._arena_lock:
             self._bump = Bump(self.arena, message["inputs_end"])
         try:
             for index, batch in enumerate(batches):
                 started = time.monotonic_ns()
-                jobs = [self._job(request) for request in batch["requests"]]
+                jobs = [self._job(request) for request in batch]
                 if index:
                     self._batch_start = started  # it waited behind the ones before it: the server's queue time
                     if all(job.cancelled() for job in jobs):
@@ -184,17 +185,19 @@ class Child:
                     with self._arena_lock:
                         self._held = None
                         self._batch_start = 0
-                        held.append(encode({"op": "done", "batch": batch["batch"]}))
+                        done += 1
                         now = time.monotonic_ns()
                         if index == len(batches) - 1 or now - sent_at >= FLUSH_AFTER_NS:
                             # The metrics first: they are current before any of these requests is answered.
+                            held.append(encode({"op": "done", "count": done}))
                             self.writer.send_encoded(self._metrics_frame() + b"".join(held))
                             held.clear()
-                            sent_at = now
+                            done, sent_at = 0, now
         finally:
             with self._arena_lock:
                 self._bump = None
-                if held:  # a batch raised past the model (BaseException): what it answered still goes out
+                if held or done:  # a batch raised past the model (BaseException): what it answered still goes out
+                    held.append(encode({"op": "done", "count": done}))
                     self.writer.send_encoded(b"".join(held))
 
     def _job(self, header: list[Any]) -> ExecRequest:

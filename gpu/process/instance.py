@@ -262,7 +262,7 @@ class ProcessInstance:
         waiting = [batch for batch in batches if batch]
         while waiting:
             bump = Bump(child.arena, CANCEL_FLAGS)
-            frame: list[dict[str, Any]] = []
+            frame: list[list[list[Any]]] = []  # a batch is a list of request headers
             sent: list[tuple[int, ExecRequest]] = []
             while waiting:
                 headers = self._pack_batch(waiting[0], bump, child.arena.view, sent, first=not frame)
@@ -270,7 +270,7 @@ class ProcessInstance:
                     break  # the arena is full: the rest go in the next round
                 del waiting[0]
                 if headers:
-                    frame.append({"batch": headers[0][0], "requests": headers})
+                    frame.append(headers)
             if frame:
                 self._run_frame(child, frame, sent, bump.top)
                 child = self._child  # type: ignore[assignment]
@@ -311,7 +311,7 @@ class ProcessInstance:
             jobs.append((rid, job))
         return headers
 
-    def _run_frame(self, child: _Child, frame: list[dict[str, Any]], sent: list[tuple[int, ExecRequest]],
+    def _run_frame(self, child: _Child, frame: list[list[list[Any]]], sent: list[tuple[int, ExecRequest]],
                    inputs_end: int) -> None:
         """Send one round's batches and wait until the child has done them all (or died)."""
         with self._lock:
@@ -407,7 +407,9 @@ class ProcessInstance:
                     job.compute_start = job.input_end = started
                 arrived = time.monotonic_ns()
                 result = unpack_result(message["result"], child.arena)
-                if job.on_response is not None and not job.done:
+                if self._reader_thread and job.on_response is not None and not job.done:
+                    # A decoupled model's responses are timed one by one; a plain model's one
+                    # response is its request's own compute split, as in-process (reply.py).
                     job.on_response(response_kind(result), arrived, time.monotonic_ns() - arrived)
                 if message["final"]:
                     if job.output_start < 0:
@@ -418,7 +420,7 @@ class ProcessInstance:
         elif op == "done":
             self._progress = time.monotonic()
             with self._lock:
-                self._batches_left -= 1
+                self._batches_left -= message["count"]
                 if self._batches_left <= 0:
                     self._batch_done.set()
         elif op == "metrics":
