@@ -2,9 +2,11 @@
 
 It stands behind the same ``ModelInstance`` contract as an in-process instance, so the worker
 thread that owns it, the loop threads and ``server/`` do not change. The worker calls
-:meth:`execute`: the batch's inputs are written into the instance's arena, a header frame goes
-to the child, and the worker waits until the child says the batch is done (the next batch may
-then reuse the arena). For a default-mode model the worker reads the child's frames itself
+:meth:`execute` (or :meth:`execute_many` with up to ``pipeline_depth`` queued batches): the
+batches' inputs are written into the instance's arena, one header frame takes them all to the
+child, which runs them in order, and the worker waits until the child says they are done (the
+next round may then reuse the arena). Handing over a burst at once is what makes a small
+request cheap here: each side wakes once per round, not once per request. For a default-mode model the worker reads the child's frames itself
 until then (one thread, no hand-off: each response is finished as it arrives); a decoupled model
 may answer at any time, so a reader thread owns its socket instead.
 
