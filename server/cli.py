@@ -343,7 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"evserve: model repository '{repository}' does not exist or is not a directory", file=sys.stderr)
             return 1
 
+    from evserve.gpu.host_memory import reuse_large_blocks
     from evserve.server.app import Server
+
+    reuse_large_blocks()
 
     stop = threading.Event()  # the first SIGINT/SIGTERM
     hurry = threading.Event()  # a second one: skip what is left of the drain grace

@@ -29,6 +29,7 @@ import time
 import traceback
 from typing import Any
 
+from evserve.gpu import host_memory
 from evserve.gpu.execution.contract import CANCELLED, ExecRequest
 from evserve.gpu.model_loader import describe
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
@@ -264,6 +265,7 @@ def _exit_with_server(server_pid: int) -> None:
 
 def main(argv: list[str]) -> int:
     sock_fd, arena_fd, arena_bytes = (int(value) for value in argv[:3])
+    host_memory.reuse_large_blocks()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
     threading.Thread(target=_exit_with_server, args=(os.getppid(),), name="evserve-child-watchdog",

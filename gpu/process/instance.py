@@ -6,9 +6,10 @@ thread that owns it, the loop threads and ``server/`` do not change. The worker 
 batches' inputs are written into the instance's arena, one header frame takes them all to the
 child, which runs them in order, and the worker waits until the child says they are done (the
 next round may then reuse the arena). Handing over a burst at once is what makes a small
-request cheap here: each side wakes once per round, not once per request. For a default-mode model the worker reads the child's frames itself
-until then (one thread, no hand-off: each response is finished as it arrives); a decoupled model
-may answer at any time, so a reader thread owns its socket instead.
+request cheap here: each side wakes once per round, not once per request. For a default-mode
+model the worker reads the child's frames itself until then (one thread, no hand-off: each
+response is finished as it arrives); a decoupled model may answer at any time, so a reader
+thread owns its socket instead.
 
 Crash safety. A child that dies (exit, signal, segfault, out of memory) closes its socket; the
 reader sees the EOF at once, fails every in-flight request with a 500 naming the model and how
