@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,6 +107,36 @@ def test_the_bundled_models_answer_the_same_in_processes() -> None:
         assert reply.json()["outputs"][0]["data"] == [str(i + 1) for i in range(16)]
         # One child per instance of every bundled model.
         assert len(children(server_pid(server))) >= 5
+
+
+def test_concurrent_requests_to_a_child_are_each_executed_and_counted() -> None:
+    """Under load a process instance takes queued requests to its child in rounds: every request
+    is still answered with its own outputs, and counted as its own execution, as Triton counts."""
+    with EvserveProcess("--threads", "1", "--model-isolation", "process", "--model-control-mode", "explicit",
+                        "--load-model", "simple") as server:
+        replies: list[tuple[int, int, Any]] = []
+
+        def client(offset: int) -> None:
+            for n in range(25):
+                base = offset * 100 + n
+                inputs = [{"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [base] * 16},
+                          {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}]
+                reply = post_json(server.port, "/v2/models/simple/infer", {"inputs": inputs})
+                replies.append((base, reply.status, reply.json()))
+
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+        assert len(replies) == 400
+        for base, status, body in replies:
+            assert status == 200, body
+            assert body["outputs"][0]["data"] == [base + 1] * 16  # its own answer, not a neighbour's
+        stats = call(server.port, "GET", "/v2/models/simple/stats").json()["model_stats"][0]
+        assert stats["inference_count"] == stats["execution_count"] == 400
+        assert stats["inference_stats"]["success"]["count"] == 400
+        assert stats["inference_stats"]["compute_infer"]["count"] == 400
 
 
 def test_a_parameter_puts_one_model_in_a_process(server: EvserveProcess) -> None:

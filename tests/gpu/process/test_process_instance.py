@@ -186,3 +186,68 @@ def test_async_execute_crosses(tmp_path: Path) -> None:
 def test_a_failing_initialize_fails_the_load_with_its_reason(tmp_path: Path) -> None:
     with pytest.raises(PythonModelError, match="ValueError: no weights here"):
         ProcessInstance(spec(tmp_path, BROKEN_INIT))
+
+
+RECORDER = """
+import os, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.calls = []
+
+    def execute(self, requests):
+        values = [float(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()[0]) for r in requests]
+        self.calls.append(values)
+        if values[0] < 0:
+            time.sleep(0.3)  # the first request of a round holds the child while a client leaves
+        # OUT: the input itself (a view of the arena), then every call so far, one per element.
+        out = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
+        history = np.array([v for call in self.calls for v in [len(call), *call]], np.float32)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out if len(out) > 1 else history)])
+                for _ in requests]
+"""
+
+
+def test_a_round_runs_each_batch_as_its_own_execute_in_order(tmp_path: Path) -> None:
+    instance = ProcessInstance(spec(tmp_path, RECORDER))
+    results: list[Any] = []
+    batches = [[ExecRequest(request(float(n)), results.append)] for n in range(1, 6)]
+    instance.execute_many(batches)
+    assert len(results) == 5
+    # Five executes of one request each, in the order they were handed over.
+    assert results[-1].outputs[0].data.tolist() == [1, 1.0, 1, 2.0, 1, 3.0, 1, 4.0, 1, 5.0]
+    instance.finalize()
+
+
+def test_batches_that_do_not_fit_together_go_in_the_next_round(tmp_path: Path) -> None:
+    small = spec(tmp_path, RECORDER)
+    # Room for one 600 KiB input and its output view, not for two inputs.
+    instance = ProcessInstance(ChildSpec(**{**small.__dict__, "arena_bytes": 700 << 10}))
+    results: list[Any] = []
+    big = [np.full(150_000, float(n), dtype=np.float32) for n in range(3)]
+    batches = [[ExecRequest(InferRequest("m", "1", inputs=[InputTensor("IN", "FP32", a.shape, a)]), results.append)]
+               for a in big]
+    instance.execute_many(batches)
+    assert [float(r.outputs[0].data[0]) for r in results] == [0.0, 1.0, 2.0]
+    assert all(r.outputs[0].data.shape == (150_000,) for r in results)
+    instance.finalize()
+
+
+def test_a_pipelined_request_whose_client_left_is_not_run(tmp_path: Path) -> None:
+    instance = ProcessInstance(spec(tmp_path, RECORDER))
+    results: list[Any] = []
+    left = threading.Event()
+    first = ExecRequest(request(-1.0), results.append)
+    gone = ExecRequest(request(7.0), results.append, cancelled=left.is_set)
+    last = ExecRequest(request(8.0), results.append)
+    runner = threading.Thread(target=instance.execute_many, args=([[first], [gone], [last]],))
+    runner.start()
+    left.set()  # while the first one runs in the child; the worker raises the flag at its next tick
+    runner.join(10)
+    assert isinstance(results[1], ProtocolError) and results[1].message == "Request was cancelled"
+    assert results[1].status == 400
+    # The child never ran it: two executes, of the first and the last request.
+    assert results[2].outputs[0].data.tolist() == [1, -1.0, 1, 8.0]
+    instance.finalize()
