@@ -35,6 +35,7 @@ from evserve.gpu.model_loader import describe
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, Bump
 from evserve.gpu.process.bls_link import ChildLink
 from evserve.gpu.process.frames import FrameReader, FrameWriter, encode
+from evserve.gpu.process.instance_priority import LOADING_NICE
 from evserve.gpu.process.tensors import pack_result, unpack_input
 from evserve.gpu.python_backend import bls
 from evserve.gpu.python_backend.model import PythonModel
@@ -146,6 +147,9 @@ class Child:
         except BaseException as exc:
             self.writer.send({"op": "init_error", "message": describe(exc), "traceback": traceback.format_exc()})
             return
+        finally:
+            if message.get("restore_nice") is not None:  # the server lowered us for the load
+                _restore_priorities(message["restore_nice"])
         self.decoupled = self.instance.decoupled
         self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check})
         frame = self._metrics_frame()
@@ -249,6 +253,18 @@ class Child:
         except BaseException as exc:
             error = describe(exc)
         self.writer.send({"op": "finalized", "error": error})
+
+
+def _restore_priorities(nice: int) -> None:
+    """After the load: every thread still at ``LOADING_NICE`` (this one, and those the model started
+    in ``initialize``, which inherit it) back to the server's own priority (``instance.py`` says why)."""
+    for entry in os.listdir("/proc/self/task"):
+        try:
+            tid = int(entry)
+            if os.getpriority(os.PRIO_PROCESS, tid) == LOADING_NICE:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except (ValueError, OSError):  # a thread that ended meanwhile
+            continue
 
 
 def _unused(result: Any) -> None:

@@ -43,6 +43,7 @@ from evserve.gpu.process import environment
 from evserve.gpu.process.arena import CANCEL_FLAGS, Arena, ArenaFull, Bump
 from evserve.gpu.process.bls_link import ServerRelay
 from evserve.gpu.process.frames import FrameReader, FrameWriter
+from evserve.gpu.process.instance_priority import lower_for_loading
 from evserve.gpu.process.tensors import pack, unpack_result
 from evserve.gpu.python_backend.importer import PythonModelError
 from evserve.gpu.repository.model_config import ModelConfig
@@ -106,6 +107,7 @@ class _Child:
         finally:
             child_sock.close()
         self.sock = parent_sock
+        self.restore_nice = lower_for_loading(self.proc.pid)  # back to this once the model is loaded
         self.writer = FrameWriter(parent_sock)
         self.reader = FrameReader(parent_sock)
         self.has_is_ready = False
@@ -118,6 +120,7 @@ class _Child:
             "op": "init", "model_dir": spec.model_dir, "name": spec.model_name, "version": spec.version,
             "config": spec.config, "kind": spec.kind, "device_id": spec.device_id,
             "instance_name": spec.instance_name, "repository_dir": spec.model_dir,
+            "restore_nice": self.restore_nice,
         })
         answer = self.reader.read()
         if answer is None:

@@ -7,6 +7,9 @@ moved on), ``async def execute``, a client that leaves (``request.is_cancelled()
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -250,4 +253,52 @@ def test_a_pipelined_request_whose_client_left_is_not_run(tmp_path: Path) -> Non
     assert results[1].status == 400
     # The child never ran it: two executes, of the first and the last request.
     assert results[2].outputs[0].data.tolist() == [1, -1.0, 1, 8.0]
+    instance.finalize()
+
+
+NICE_PROBE = """
+import os, threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+def nice():
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.loading = nice()
+        self.helper_nice = []
+        self.go = threading.Event()
+        self.helper = threading.Thread(target=self.watch, daemon=True)  # inherits the loading priority
+        self.helper.start()
+
+    def watch(self):
+        self.go.wait()
+        self.helper_nice.append(nice())
+
+    def execute(self, requests):
+        self.go.set()
+        self.helper.join(5)
+        values = np.array([self.loading, self.helper_nice[0], nice()], np.float32)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", values)]) for _ in requests]
+"""
+
+
+def test_a_child_loads_at_the_lowest_priority_and_serves_at_the_servers(tmp_path: Path) -> None:
+    from evserve.gpu.process.instance_priority import LOADING_NICE, lower_for_loading
+
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        if lower_for_loading(probe.pid) is None:
+            pytest.skip("this process may not raise a priority again (no CAP_SYS_NICE, low RLIMIT_NICE)")
+    finally:
+        probe.kill()
+        probe.wait()
+    instance = ProcessInstance(spec(tmp_path, NICE_PROBE))
+    results: list[Any] = []
+    instance.execute([ExecRequest(request(0.0), results.append)])
+    loading, helper, serving = results[0].outputs[0].data.tolist()
+    assert loading == LOADING_NICE
+    assert helper == serving == server_nice  # the model's own thread got the server's priority back too
     instance.finalize()
