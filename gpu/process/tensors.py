@@ -60,11 +60,15 @@ def unpack(header: Header, arena: Arena, *, copy: bool) -> np.ndarray:
     """The tensor of ``header``: a view of the arena (``copy=False``) or an array of its own."""
     _, datatype, shape, offset, extent = header
     shape = tuple(shape)
-    buf = memoryview(extent) if offset == _INLINE else arena.bytes_at(offset, extent)
     if datatype == "BYTES":
+        buf = memoryview(extent) if offset == _INLINE else arena.bytes_at(offset, extent)
         return deserialize_bytes(buf, math.prod(shape)).reshape(shape)
-    array = np.frombuffer(buf, dtype=numpy_dtype(datatype)).reshape(shape)
-    return array.copy() if copy and offset != _INLINE else array
+    if offset == _INLINE:
+        return np.frombuffer(extent, dtype=numpy_dtype(datatype)).reshape(shape)
+    # A view straight onto the mapping (a third of the cost of slicing it first); NumPy refuses a
+    # region that runs past the arena's end.
+    array = np.ndarray(shape, numpy_dtype(datatype), arena.view, offset)
+    return array.copy() if copy else array
 
 
 def unpack_input(header: Header, arena: Arena) -> InputTensor:
