@@ -302,3 +302,30 @@ def test_a_child_loads_at_the_lowest_priority_and_serves_at_the_servers(tmp_path
     assert loading == LOADING_NICE
     assert helper == serving == server_nice  # the model's own thread got the server's priority back too
     instance.finalize()
+
+
+SOMETIMES_SLOW = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        value = float(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+        if value >= 100:
+            time.sleep(value / 100)  # 100 -> one second; 1000 -> ten
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value], np.float32))])
+                for _ in requests]
+"""
+
+
+def test_a_batch_killed_at_the_timeout_fails_alone(tmp_path: Path) -> None:
+    timed = spec(tmp_path, SOMETIMES_SLOW)
+    instance = ProcessInstance(ChildSpec(**{**timed.__dict__, "execute_timeout": 1.0}))
+    results: list[Any] = []
+    fast = [float(n) for n in range(1, 13)]
+    instance.execute_many([[ExecRequest(request(value), results.append)] for value in [*fast, 1000.0]])
+    # The small ones were answered before the last ran past the timeout and its process was killed.
+    assert [float(r.outputs[0].data[0]) for r in results[:-1]] == fast
+    assert isinstance(results[-1], ProtocolError) and "execute timeout" in results[-1].message
+    instance.finalize()
