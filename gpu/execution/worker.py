@@ -397,7 +397,7 @@ class InstanceWorker:
                 # The batch's split is its first job's (all share the marks); a job still running (a
                 # decoupled model's) counts its whole time as infer.
                 phases = first.phases if first.phases is not _NOT_RUN else (0, end - first.job.compute_start, 0)
-                self.stats.record_execution(sum(a.rows for a in batch) if len(batches) > 1 else rows, phases)
+                self.stats.record_execution(sum(a.rows for a in batch), phases)
         with self._lock:
             self.in_flight -= len(live)
             self.executions += len(batches)

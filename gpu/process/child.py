@@ -71,8 +71,7 @@ class Child:
         self._done = 0
         self._sent_at = 0  # monotonic ns of the last send
         self._holding = False  # whether the main thread's answers are held now (in a default-mode batch)
-        self._round_open = False
-        self._round_started = threading.Event()
+        self._round_started = threading.Event()  # wakes the flusher; a round is open while _bump is set
         threading.Thread(target=self._flush_late, name="evserve-child-flusher", daemon=True).start()
         self._batch_start = 0  # monotonic ns a pipelined batch began, when it is not its frame's first
         # The model's BLS calls go to the server and their answers come back on the socket. Whoever
@@ -183,18 +182,17 @@ class Child:
         last = len(batches) - 1
         with self._arena_lock:
             self._bump = Bump(self.arena, message["inputs_end"])
-            self._round_open = True
         self._round_started.set()
         try:
             for index, batch in enumerate(batches):
-                started = time.monotonic_ns()
+                # A batch after the first waited behind the ones before it: the server's queue time.
+                started = time.monotonic_ns() if index else 0
                 jobs = [self._job(request) for request in batch]
-                if index:
-                    self._batch_start = started  # it waited behind the ones before it: the server's queue time
-                    if all(job.cancelled() for job in jobs):
-                        for job in jobs:
-                            job.finish(ProtocolError(CANCELLED, 400))
-                        jobs = []
+                self._batch_start = started
+                if index and all(job.cancelled() for job in jobs):
+                    for job in jobs:
+                        job.finish(ProtocolError(CANCELLED, 400))
+                    jobs = []
                 self._holding = not self.decoupled  # a decoupled model's answers go out as sent
                 try:
                     if jobs:
@@ -209,7 +207,6 @@ class Child:
         finally:
             with self._arena_lock:
                 self._bump = None
-                self._round_open = False
                 if self._held or self._done:  # a batch raised past the model (BaseException)
                     self._flush()
 
@@ -238,7 +235,7 @@ class Child:
                         self._flush()
                     except OSError:
                         return  # the server is gone: the main thread sees it too
-                if not self._round_open:
+                if self._bump is None:  # the round is over
                     self._round_started.clear()
 
     def _job(self, header: list[Any]) -> ExecRequest:
@@ -295,7 +292,8 @@ class Child:
 
 def _restore_priorities(nice: int) -> None:
     """After the load: every thread still at ``LOADING_NICE`` (this one, and those the model started
-    in ``initialize``, which inherit it) back to the server's own priority (``instance.py`` says why)."""
+    in ``initialize``, which inherit it) back to the server's own priority (``instance_priority.py``
+    says why)."""
     for entry in os.listdir("/proc/self/task"):
         try:
             tid = int(entry)
