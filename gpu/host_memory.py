@@ -5,8 +5,8 @@ child's arena, a decoded input, an output a model makes. glibc serves a block ab
 threshold (128 KiB, raised only after a large block is freed, and not past 32 MiB) with a fresh
 ``mmap`` and unmaps it on free, so every request faults in and zeroes its pages again. Measured
 on the 1 MiB binary identity: 139 page faults per request on the worker of a process-isolated
-instance, and 542 → 268 µs of that thread's CPU per request once blocks were reused (1,438 →
-1,183 µs for the whole server; in-process 911 → 815 µs).
+instance, and 542 → 268 µs of that thread's CPU per request once blocks were reused (whole
+server, this policy: 1,438 → 1,152 µs; in-process 911 → 865 µs).
 
 So the server and its child processes raise the mmap threshold to glibc's maximum and keep up to
 twice that at the top of each heap instead of trimming it. Large blocks are then reused; the
