@@ -6,9 +6,10 @@ isolation. The main thread reads the server's frames and executes batches in ord
 that leaves is seen through its cancellation flag in the arena (``request.is_cancelled()``), so
 no message has to reach a busy child. Responses sent while their batch is open go through the
 arena; a response sent later (a decoupled model answering from its own thread) goes inline,
-because the server may already have handed the arena to the next batch. The frames a
-default-mode batch produces are sent together with its "done", and those of a burst of small
-pipelined batches together (one write, one wake-up of the server: :meth:`Child.execute`).
+because the server may already have handed the arena to the next batch. The answers a
+default-mode batch produces go out in one frame with the count of batches done, and those of a
+burst of small pipelined batches together (one write, one wake-up of the server:
+:meth:`Child.execute`).
 
 The child exits when the server's end of the socket closes (the kernel closes it when the server
 dies in any way), and a watchdog thread exits it within a second of the server's death even
@@ -46,8 +47,13 @@ from evserve.protocol.types import InferRequest, RequestedOutput
 
 _log = logging.getLogger("evserve.child")
 
-# How long a pipelined frame's answers may wait to go out together (see Child.execute).
+# How long a pipelined frame's answers may wait to go out together (see Child.execute). Answers
+# sent early let the server encode and write them on another core while the round goes on. With
+# no other core to run on (the server and this child pinned to one), an early send buys no
+# overlap and costs two switches of process, whose cold caches made a simple request cost ~15 µs
+# more (caller and child, rounds of 16): alone, the answers wait for up to FLUSH_ALONE_NS.
 FLUSH_AFTER_NS = 200_000
+FLUSH_ALONE_NS = 1_000_000
 # How often the flusher thread looks for answers held too long behind a slow batch (see _flush_late).
 LATE_CHECK_S = 0.02
 _FOREVER = 1 << 62
@@ -66,7 +72,8 @@ class Child:
         self._bump: Bump | None = None
         # Answers of default-mode batches held to go out together, with the count of batches done
         # since the last send (Child.execute); all of it under _arena_lock.
-        self._held: list[bytes] = []
+        self._held: list[list[Any]] = []
+        self._flush_after_ns = FLUSH_AFTER_NS if _usable_cores() > 1 else max(FLUSH_AFTER_NS, FLUSH_ALONE_NS)
         self._held_since = _FOREVER  # monotonic ns the oldest held answer was made
         self._done = 0
         self._sent_at = 0  # monotonic ns of the last send
@@ -170,11 +177,12 @@ class Child:
     def execute(self, message: dict[str, Any]) -> None:
         """Run the frame's batches in order (the server pipelines several when requests queue up).
 
-        The answers they produce are held and sent together with a "done" that counts the
-        batches: after the last batch, or after a batch that ends ``FLUSH_AFTER_NS`` or more
-        after the last send, so a burst of small requests costs the server one wake-up. A batch
-        that runs long cannot hold back the answers before it: the flusher thread sends them
-        once the oldest has waited ``FLUSH_AFTER_NS`` (:meth:`_flush_late`). A batch after the
+        The answers they produce are held and sent in one frame with the count of batches done:
+        after the last batch, or after a batch that ends the flush window (``FLUSH_AFTER_NS``,
+        or ``FLUSH_ALONE_NS`` on one core) or more after the last send, so a burst of small
+        requests costs the server one wake-up. A batch that runs long cannot hold back the
+        answers before it: the flusher thread sends them once the oldest has waited the window
+        (:meth:`_flush_late`). A batch after the
         first whose clients all left by the time its turn comes is not run: it is answered as
         cancelled, as the worker answers one that leaves while queued.
         """
@@ -202,7 +210,7 @@ class Child:
                         self._holding = False
                         self._batch_start = 0
                         self._done += 1
-                        if index == last or time.monotonic_ns() - self._sent_at >= FLUSH_AFTER_NS:
+                        if index == last or time.monotonic_ns() - self._sent_at >= self._flush_after_ns:
                             self._flush()
         finally:
             with self._arena_lock:
@@ -211,11 +219,11 @@ class Child:
                     self._flush()
 
     def _flush(self) -> None:
-        """Send the held answers and the count of batches done (``_arena_lock`` held). The custom
-        metrics go first: they are current before any of these requests is answered."""
-        self._held.append(encode({"op": "done", "count": self._done}))
-        self.writer.send_encoded(self._metrics_frame() + b"".join(self._held))
-        self._held.clear()
+        """Send the held answers and the count of batches done in one frame (``_arena_lock`` held).
+        The custom metrics go first: they are current before any of these requests is answered."""
+        answers = encode({"op": "answers", "items": self._held, "done": self._done})
+        self.writer.send_encoded(self._metrics_frame() + answers)
+        self._held = []
         self._done = 0
         self._held_since = _FOREVER
         self._sent_at = time.monotonic_ns()
@@ -230,7 +238,7 @@ class Child:
             self._round_started.wait()
             time.sleep(LATE_CHECK_S)
             with self._arena_lock:
-                if self._held and time.monotonic_ns() - self._held_since >= FLUSH_AFTER_NS:
+                if self._held and time.monotonic_ns() - self._held_since >= self._flush_after_ns:
                     try:
                         self._flush()
                     except OSError:
@@ -262,17 +270,15 @@ class Child:
         return encode({"op": "metrics", "families": families}) if families else b""
 
     def _send(self, rid: int, result: Any, final: bool) -> None:
+        """One answer for ``ProcessInstance._answer``: held for the round's frame, or sent at once."""
         with self._arena_lock:
-            message = {"op": "response", "rid": rid, "final": final, "result": pack_result(result, self._bump)}
-            if self._batch_start:
-                message["started"] = self._batch_start
-            frame = encode(message)
+            answer = [rid, final, self._batch_start, pack_result(result, self._bump)]
             if self._holding:
                 if not self._held:
                     self._held_since = time.monotonic_ns()
-                self._held.append(frame)
+                self._held.append(answer)
                 return
-        self.writer.send_encoded(frame)
+        self.writer.send_encoded(encode({"op": "answers", "items": [answer], "done": 0}))
 
     def is_ready(self, message: dict[str, Any]) -> None:
         try:
@@ -288,6 +294,14 @@ class Child:
         except BaseException as exc:
             error = describe(exc)
         self.writer.send({"op": "finalized", "error": error})
+
+
+def _usable_cores() -> int:
+    """CPUs this child may run on: its affinity mask, which it inherits from the server."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _restore_priorities(nice: int) -> None:

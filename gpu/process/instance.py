@@ -400,35 +400,15 @@ class ProcessInstance:
 
     def _handle(self, child: _Child, message: dict[str, Any]) -> None:
         op = message["op"]
-        if op == "response":
-            rid = message["rid"]
-            with self._lock:
-                job = self._jobs.get(rid)
-                if job is not None and message["final"]:
-                    del self._jobs[rid]
-            if job is not None:
-                started = message.get("started")
-                if started is not None and started > job.compute_start:
-                    # A pipelined batch that waited behind others in the child: that wait was queueing.
-                    job.compute_start = job.input_end = started
-                arrived = time.monotonic_ns()
-                result = unpack_result(message["result"], child.arena)
-                if self._reader_thread and job.on_response is not None and not job.done:
-                    # A decoupled model's responses are timed one by one; a plain model's one
-                    # response is its request's own compute split, as in-process (reply.py).
-                    job.on_response(response_kind(result), arrived, time.monotonic_ns() - arrived)
-                if message["final"]:
-                    if job.output_start < 0:
-                        job.output_start = arrived
-                    job.finish(result)
-                elif result is not None:
-                    job.send(result)  # type: ignore[arg-type]
-        elif op == "done":
-            self._progress = time.monotonic()
-            with self._lock:
-                self._batches_left -= message["count"]
-                if self._batches_left <= 0:
-                    self._batch_done.set()
+        if op == "answers":
+            for rid, final, started, result in message["items"]:
+                self._answer(child, rid, final, started, result)
+            if message["done"]:
+                self._progress = time.monotonic()
+                with self._lock:
+                    self._batches_left -= message["done"]
+                    if self._batches_left <= 0:
+                        self._batch_done.set()
         elif op == "metrics":
             self.custom_metrics = [tuple(family) for family in message["families"]]
         elif op == "bls":
@@ -444,6 +424,30 @@ class ProcessInstance:
                     future.set_result(bool(message["value"]))
         elif op == "finalized" and self._finalized is not None:
             self._finalized.set_result(message["error"])
+
+    def _answer(self, child: _Child, rid: int, final: bool, started: int, header: list[Any]) -> None:
+        """One response of request ``rid`` (``Child._send`` made it; ``started`` 0 or when its batch began)."""
+        with self._lock:
+            job = self._jobs.get(rid)
+            if job is not None and final:
+                del self._jobs[rid]
+        if job is None:
+            return
+        if started > job.compute_start:
+            # A pipelined batch that waited behind others in the child: that wait was queueing.
+            job.compute_start = job.input_end = started
+        arrived = time.monotonic_ns()
+        result = unpack_result(header, child.arena)
+        if self._reader_thread and job.on_response is not None and not job.done:
+            # A decoupled model's responses are timed one by one; a plain model's one
+            # response is its request's own compute split, as in-process (reply.py).
+            job.on_response(response_kind(result), arrived, time.monotonic_ns() - arrived)
+        if final:
+            if job.output_start < 0:
+                job.output_start = arrived
+            job.finish(result)
+        elif result is not None:
+            job.send(result)  # type: ignore[arg-type]
 
     def _child_ended(self, child: _Child) -> None:
         """The child's socket closed: fail what it held; a crash unless we were finalizing it."""

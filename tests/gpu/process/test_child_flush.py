@@ -58,10 +58,10 @@ def arrivals(reader: FrameReader, count: int, start: float) -> dict[int, float]:
     while done < count:
         message = reader.read()
         assert message is not None
-        if message["op"] == "response":
-            seen[message["rid"]] = time.monotonic() - start
-        elif message["op"] == "done":
-            done += message["count"]
+        if message["op"] == "answers":
+            for rid, *_ in message["items"]:
+                seen[rid] = time.monotonic() - start
+            done += message["done"]
     return seen
 
 
@@ -85,3 +85,17 @@ def test_a_slow_batch_does_not_hold_back_the_answers_before_it(child: Any) -> No
     assert seen[1] < 1.0 and seen[2] < 1.0  # the flusher sent them once the window passed
     assert seen[1] >= WINDOW_S * 0.9  # held for the window, not sent one by one
     assert seen[3] >= 1.5
+
+
+@pytest.mark.parametrize(("cores", "window_ns"), [(1, child_module.FLUSH_ALONE_NS), (2, child_module.FLUSH_AFTER_NS)])
+def test_the_window_is_a_round_when_the_child_has_no_other_core(
+    cores: int, window_ns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(child_module, "_usable_cores", lambda: cores)
+    monkeypatch.setattr(bls, "_gateway", bls.gateway())
+    ours, theirs = socket.socketpair()
+    try:
+        assert Child(theirs, Arena(CANCEL_FLAGS + 4096))._flush_after_ns == window_ns
+    finally:
+        ours.close()
+        theirs.close()
