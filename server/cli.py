@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from evserve.gpu.execution.response_cache import parse_cache_config
 from evserve.gpu.options import ModelManagerOptions
+from evserve.server import cpu_scheduling
 from evserve.server import log as server_log
 from evserve.server.config import MIB, Config, Limits
 from evserve.server.http_server import AddressInUse
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(http, "--reuse-http-port", False, "set SO_REUSEPORT so several servers can share the port")
     _bool_flag(http, "--cap-threads-to-cores", True,
                "run at most one loop thread per usable core (default true)")
+    _flag(http, "--cpu-scheduling", choices=cpu_scheduling.POLICIES, default="batch",
+          help="Linux scheduling policy of the server's threads and model processes: batch (SCHED_BATCH: a "
+               "woken thread does not preempt a running one, so bursts run to their end) or normal "
+               "(SCHED_OTHER) (default batch)")
     _bool_flag(http, "--allow-http", True, "serve the HTTP API (default true)")
     _flag(http, "--http-restricted-api", action="append", default=[], metavar="API[,API...]:KEY=VALUE",
           help="answer these API groups (health, metadata, inference, shared-memory, model-config, model-repository, "
@@ -321,6 +326,8 @@ def ignored_triton_flags(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # First, on the main thread: every thread and child process started from here inherits it.
+    scheduling = cpu_scheduling.apply(args.cpu_scheduling)
     try:
         config = config_from_args(args)
     except ValueError as exc:
@@ -367,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # an address that does not resolve, or one this host does not have
         print(f"evserve: cannot listen on {config.http_address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    log.info("%s; %d usable cores", describe_interpreter(), usable_cores())
+    log.info("%s; %d usable cores; %s", describe_interpreter(), usable_cores(), scheduling)
     if free_threaded_build() and gil_enabled():
         log.warning("the GIL is on in this free-threaded build: a module imported by evserve or its "
                     "dependencies has not declared free-threading support (Python's warning above names it); "
