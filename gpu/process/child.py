@@ -166,8 +166,8 @@ class Child:
             self.writer.send({"op": "init_error", "message": describe(exc), "traceback": traceback.format_exc()})
             return
         finally:
-            if message.get("restore_nice") is not None:  # the server lowered us for the load
-                _restore_priorities(message["restore_nice"])
+            if message.get("restore_priority") is not None:  # the server lowered us for the load
+                _restore_priorities(*message["restore_priority"])
         self.decoupled = self.instance.decoupled
         self.writer.send({"op": "ready", "has_is_ready": self.instance.has_readiness_check})
         frame = self._metrics_frame()
@@ -304,14 +304,17 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _restore_priorities(nice: int) -> None:
+def _restore_priorities(nice: int, policy: int | None) -> None:
     """After the load: every thread still at ``LOADING_NICE`` (this one, and those the model started
-    in ``initialize``, which inherit it) back to the server's own priority (``instance_priority.py``
-    says why)."""
+    in ``initialize``, which inherit it) back to the server's own policy and priority
+    (``instance_priority.py`` says why). The policy first: leaving SCHED_IDLE is judged at the
+    thread's nice value, which is still the loading one."""
     for entry in os.listdir("/proc/self/task"):
         try:
             tid = int(entry)
             if os.getpriority(os.PRIO_PROCESS, tid) == LOADING_NICE:
+                if policy is not None:
+                    os.sched_setscheduler(tid, policy, os.sched_param(0))
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
         except (ValueError, OSError):  # a thread that ended meanwhile
             continue

@@ -107,7 +107,7 @@ class _Child:
         finally:
             child_sock.close()
         self.sock = parent_sock
-        self.restore_nice = lower_for_loading(self.proc.pid)  # back to this once the model is loaded
+        self.serving_priority = lower_for_loading(self.proc.pid)  # back to this once the model is loaded
         self.writer = FrameWriter(parent_sock)
         self.reader = FrameReader(parent_sock)
         self.has_is_ready = False
@@ -120,7 +120,7 @@ class _Child:
             "op": "init", "model_dir": spec.model_dir, "name": spec.model_name, "version": spec.version,
             "config": spec.config, "kind": spec.kind, "device_id": spec.device_id,
             "instance_name": spec.instance_name, "repository_dir": spec.model_dir,
-            "restore_nice": self.restore_nice,
+            "restore_priority": list(self.serving_priority) if self.serving_priority is not None else None,
         })
         answer = self.reader.read()
         if answer is None:

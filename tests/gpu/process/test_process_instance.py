@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,9 +265,12 @@ import triton_python_backend_utils as pb_utils
 def nice():
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+def policy():
+    return os.sched_getscheduler(threading.get_native_id())
+
 class TritonPythonModel:
     def initialize(self, args):
-        self.loading = nice()
+        self.loading = (nice(), policy())
         self.helper_nice = []
         self.go = threading.Event()
         self.helper = threading.Thread(target=self.watch, daemon=True)  # inherits the loading priority
@@ -274,17 +278,27 @@ class TritonPythonModel:
 
     def watch(self):
         self.go.wait()
-        self.helper_nice.append(nice())
+        self.helper_nice.extend((nice(), policy()))
 
     def execute(self, requests):
         self.go.set()
         self.helper.join(5)
-        values = np.array([self.loading, self.helper_nice[0], nice()], np.float32)
+        values = np.array([*self.loading, *self.helper_nice, nice(), policy()], np.float32)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", values)]) for _ in requests]
 """
 
 
-def test_a_child_loads_at_the_lowest_priority_and_serves_at_the_servers(tmp_path: Path) -> None:
+@pytest.fixture(params=["SCHED_OTHER", "SCHED_BATCH"])
+def server_policy(request: pytest.FixtureRequest) -> Iterator[int]:
+    """This thread (which starts the child, as a server's load thread does) under each policy evserve runs."""
+    policy = getattr(os, request.param)
+    before = os.sched_getscheduler(0)
+    os.sched_setscheduler(0, policy, os.sched_param(0))
+    yield policy
+    os.sched_setscheduler(0, before, os.sched_param(0))
+
+
+def test_a_child_loads_at_the_lowest_priority_and_serves_at_the_servers(tmp_path: Path, server_policy: int) -> None:
     from evserve.gpu.process.instance_priority import LOADING_NICE, lower_for_loading
 
     server_nice = os.getpriority(os.PRIO_PROCESS, 0)
@@ -298,9 +312,11 @@ def test_a_child_loads_at_the_lowest_priority_and_serves_at_the_servers(tmp_path
     instance = ProcessInstance(spec(tmp_path, NICE_PROBE))
     results: list[Any] = []
     instance.execute([ExecRequest(request(0.0), results.append)])
-    loading, helper, serving = results[0].outputs[0].data.tolist()
+    loading, loading_policy, helper, helper_policy, serving, serving_policy = results[0].outputs[0].data.tolist()
     assert loading == LOADING_NICE
+    assert loading_policy == os.SCHED_IDLE  # a waking serving thread preempts it, even under SCHED_BATCH
     assert helper == serving == server_nice  # the model's own thread got the server's priority back too
+    assert helper_policy == serving_policy == server_policy
     instance.finalize()
 
 
