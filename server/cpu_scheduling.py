@@ -16,10 +16,10 @@ process tree): process-isolated 180 → 152 µs, p99 6.5 → 5.3 ms; in-process 
 the noise; health p99 0.8 → 1.5 ms (README, "Server behaviour").
 
 What it costs. A woken thread may wait for another busy task on its core, for at most the
-scheduler's slice (a few milliseconds): the health p99 above. On a machine with an idle core nothing changes, because
-a woken task takes the idle core. Nice values still apply, so a child that loads its model at
-nice 19 (``gpu/process/instance_priority.py``) still yields. ``--cpu-scheduling normal`` keeps
-SCHED_OTHER.
+scheduler's slice (a few milliseconds): the health p99 above. On a machine with an idle core
+nothing changes, because a woken task takes the idle core. A waking batch thread does preempt
+a task under SCHED_IDLE, which is why a child loads its model under that policy
+(``gpu/process/instance_priority.py``). ``--cpu-scheduling normal`` keeps SCHED_OTHER.
 
 How. The policy belongs to each thread. A new thread takes its creator's policy, and so does a
 child process. So it is set once at start, on every thread the process has by then (the main

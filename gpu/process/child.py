@@ -182,9 +182,9 @@ class Child:
         or ``FLUSH_ALONE_NS`` on one core) or more after the last send, so a burst of small
         requests costs the server one wake-up. A batch that runs long cannot hold back the
         answers before it: the flusher thread sends them once the oldest has waited the window
-        (:meth:`_flush_late`). A batch after the
-        first whose clients all left by the time its turn comes is not run: it is answered as
-        cancelled, as the worker answers one that leaves while queued.
+        (:meth:`_flush_late`). A batch after the first whose clients all left by the time its
+        turn comes is not run: it is answered as cancelled, as the worker answers one that
+        leaves while queued.
         """
         batches = message["batches"]
         last = len(batches) - 1
