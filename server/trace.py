@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -342,10 +343,15 @@ class TraceManager:
 
     @staticmethod
     def _write(path: Path, traces: list[Trace]) -> None:
+        """Write the file whole, then give it its name: whoever sees the name (a log shipper
+        watching the folder, a test) never reads a file that is still empty or half written."""
+        partial = path.with_name(f".{path.name}.partial")
         try:
-            path.write_text(json.dumps([entry for trace in traces for entry in trace.entries()]))
+            partial.write_text(json.dumps([entry for trace in traces for entry in trace.entries()]))
+            os.replace(partial, path)
         except OSError as exc:
             log.error("cannot write the trace file %s: %s", path, exc)
+            partial.unlink(missing_ok=True)
 
 
 def mark_compute(traced: Trace, job: ExecRequest) -> None:
